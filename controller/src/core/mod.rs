@@ -1,0 +1,698 @@
+//! The controller's deciding logic, sans-IO.
+//!
+//! Follow the data: an uplink frame arrives in [`ControllerCore::handle_uplink`] with the
+//! topic it came on; it is checked (topic, DevAddr, FCnt, MIC, payload) and either rejected
+//! with a typed reason or taken into the lamp's state. A presence count starts a bubble at
+//! that lamp and its neighbours, which is decided at once. [`ControllerCore::handle_tick`]
+//! re-decides every lamp (the schedule, dusk and dawn, bubbles and overrides ending) and
+//! keeps nodes from falling silent. Commands leave through [`ControllerCore::poll_command`] as
+//! ready-to-publish frames, and everything worth keeping through
+//! [`ControllerCore::poll_event`] for the store.
+//!
+//! Nothing here reads a clock or touches a socket, so the simulator drives this same code in
+//! virtual time.
+
+pub mod policy;
+mod spatial;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use lamplighter_protocol::lorawan::{self, DataFrame, FCtrl, FrameError, MType, SessionKeys};
+use lamplighter_protocol::payload::{
+    Command, FaultFlags, NodeMode, PayloadError, StatusReport, FPORT_COMMAND, FPORT_STATUS,
+};
+use lamplighter_protocol::topics::{self, Topic, TopicError};
+use lamplighter_protocol::{sun, DevAddr, DevEui, LampId, TenantId, UnixMs, ZoneId};
+use serde::{Deserialize, Serialize};
+
+use policy::{Decision, LampSituation, Override, PolicyConfig, Reason};
+
+/// A node as provisioned in the store: identity, keys, place, and the counters that protect
+/// its session from replays across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionedNode {
+    pub lamp: LampId,
+    pub tenant: TenantId,
+    pub dev_eui: DevEui,
+    pub dev_addr: DevAddr,
+    pub keys: SessionKeys,
+    pub zone: ZoneId,
+    pub lat: f64,
+    pub lon: f64,
+    pub rated_power_w: f32,
+    /// Highest uplink FCnt accepted so far.
+    pub last_fcnt_up: Option<u32>,
+    /// FCnt of the next downlink.
+    pub next_fcnt_down: u32,
+    /// The node's energy meter at its last accepted report.
+    pub last_energy_wh: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    pub policy: PolicyConfig,
+    /// The interval nodes report at; a lamp is online while it reported within
+    /// `offline_after_reports` of these.
+    pub report_interval_s: u32,
+    pub offline_after_reports: u32,
+    /// Resend a lamp's command this often even when nothing changed, so the node does not
+    /// fall back to its fail-safe profile for silence.
+    pub refresh_s: u32,
+    /// Resend when a node reports a target other than the commanded level this long after
+    /// the command (it was lost, or the node restarted).
+    pub reconcile_after_s: u32,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            policy: PolicyConfig::default(),
+            report_interval_s: 300,
+            offline_after_reports: 3,
+            refresh_s: 300,
+            reconcile_after_s: 15,
+        }
+    }
+}
+
+/// Why an uplink was refused. Each is counted under [`Rejection::kind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("topic: {0}")]
+    Topic(#[from] TopicError),
+    #[error("published on a downlink topic")]
+    DownlinkTopic,
+    #[error("frame: {0}")]
+    Frame(FrameError),
+    #[error("replayed frame: FCnt {got} after {last}")]
+    Replay { last: u32, got: u32 },
+    #[error("bad MIC for DevAddr {0}")]
+    BadMic(DevAddr),
+    #[error("unknown DevAddr {0}")]
+    UnknownDevAddr(DevAddr),
+    #[error(
+        "DevAddr {dev_addr} belongs to {owner}, not to the topic's {topic_tenant}/{topic_dev_eui}"
+    )]
+    TopicMismatch {
+        dev_addr: DevAddr,
+        owner: DevEui,
+        topic_tenant: TenantId,
+        topic_dev_eui: DevEui,
+    },
+    #[error("not an uplink data frame ({0:?})")]
+    NotUplink(MType),
+    #[error("FPort {0:?} is not the status port")]
+    WrongPort(Option<u8>),
+    #[error("payload: {0}")]
+    Payload(#[from] PayloadError),
+}
+
+impl Rejection {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Topic(_) | Rejection::DownlinkTopic => "topic",
+            Rejection::Frame(_) => "malformed",
+            Rejection::Replay { .. } => "replay",
+            Rejection::BadMic(_) => "bad-mic",
+            Rejection::UnknownDevAddr(_) => "unknown-devaddr",
+            Rejection::TopicMismatch { .. } => "topic-mismatch",
+            Rejection::NotUplink(_) => "not-uplink",
+            Rejection::WrongPort(_) => "wrong-port",
+            Rejection::Payload(_) => "payload",
+        }
+    }
+}
+
+/// A command ready to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub lamp: LampId,
+    pub topic: String,
+    pub frame: Vec<u8>,
+    pub level_pct: u8,
+    pub ramp_ms: u32,
+    pub reason: Reason,
+    pub fcnt_down: u32,
+}
+
+/// What the store keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Reading {
+        lamp: LampId,
+        received: UnixMs,
+        fcnt: u32,
+        report: StatusReport,
+        /// Energy used since the previous report, from the node's meter.
+        energy_delta_wh: u32,
+    },
+    CommandSent {
+        lamp: LampId,
+        at: UnixMs,
+        level_pct: u8,
+        ramp_ms: u32,
+        reason: Reason,
+        fcnt_down: u32,
+    },
+    Rejected {
+        at: UnixMs,
+        kind: &'static str,
+        detail: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Commanded {
+    level_pct: u8,
+    reason: Reason,
+    at: UnixMs,
+}
+
+#[derive(Debug, Clone)]
+struct LampState {
+    node: ProvisionedNode,
+    last_report: Option<(UnixMs, StatusReport)>,
+    bubble_until: Option<UnixMs>,
+    override_: Option<Override>,
+    commanded: Option<Commanded>,
+    /// Energy counted since this controller started.
+    energy_wh: f64,
+    presence_total: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub uplinks: u64,
+    pub commands: u64,
+    pub rejected: u64,
+}
+
+/// The figures the demo prints and `GET /api/v1/summary` returns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub lamps: usize,
+    pub lamps_online: usize,
+    pub uplinks: u64,
+    pub commands: u64,
+    pub rejected: u64,
+    pub rejected_by_reason: BTreeMap<&'static str, u64>,
+    pub energy_wh: f64,
+    pub power_w: f64,
+    pub mean_level_pct: f64,
+    pub lamps_with_faults: usize,
+    pub now_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LampView {
+    pub lamp: LampId,
+    pub tenant: TenantId,
+    pub dev_eui: DevEui,
+    pub zone: ZoneId,
+    pub lat: f64,
+    pub lon: f64,
+    pub online: bool,
+    pub level_pct: Option<u8>,
+    pub target_level_pct: Option<u8>,
+    pub power_w: Option<f32>,
+    pub mode: Option<NodeMode>,
+    pub faults: u8,
+    pub last_seen_ms: Option<u64>,
+    pub commanded_level_pct: Option<u8>,
+    pub reason: Option<Reason>,
+    pub energy_wh: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ZoneView {
+    pub tenant: TenantId,
+    pub zone: ZoneId,
+    pub lamps: usize,
+    pub lamps_online: usize,
+    pub mean_level_pct: f64,
+    pub power_w: f64,
+    pub energy_wh: f64,
+    pub presence_total: u64,
+    /// Lamps per reason of their current command.
+    pub reasons: BTreeMap<&'static str, usize>,
+}
+
+pub struct ControllerCore {
+    config: ControllerConfig,
+    lamps: Vec<LampState>,
+    by_addr: HashMap<DevAddr, usize>,
+    neighbours: Vec<Vec<usize>>,
+    outbox: VecDeque<Outgoing>,
+    events: VecDeque<Event>,
+    counters: Counters,
+    rejected_by_kind: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("DevAddr {0} is provisioned twice")]
+    DuplicateDevAddr(DevAddr),
+    #[error("lamp ids must be 0..n in order; lamp {0} is out of place")]
+    LampOrder(LampId),
+}
+
+impl ControllerCore {
+    /// Lamps must be given with ids 0..n in order (the store numbers them so).
+    pub fn new(
+        config: ControllerConfig,
+        nodes: Vec<ProvisionedNode>,
+    ) -> Result<Self, ProvisionError> {
+        let mut by_addr = HashMap::with_capacity(nodes.len());
+        for (i, n) in nodes.iter().enumerate() {
+            if n.lamp.0 as usize != i {
+                return Err(ProvisionError::LampOrder(n.lamp));
+            }
+            if by_addr.insert(n.dev_addr, i).is_some() {
+                return Err(ProvisionError::DuplicateDevAddr(n.dev_addr));
+            }
+        }
+        let neighbours = spatial::neighbours(
+            &nodes
+                .iter()
+                .map(|n| (n.tenant.clone(), n.lat, n.lon))
+                .collect::<Vec<_>>(),
+            config.policy.bubble_radius_m,
+            config.policy.bubble_neighbours,
+        );
+        let lamps = nodes
+            .into_iter()
+            .map(|node| LampState {
+                node,
+                last_report: None,
+                bubble_until: None,
+                override_: None,
+                commanded: None,
+                energy_wh: 0.0,
+                presence_total: 0,
+            })
+            .collect();
+        Ok(ControllerCore {
+            config,
+            lamps,
+            by_addr,
+            neighbours,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            rejected_by_kind: BTreeMap::new(),
+        })
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+    pub fn lamp_count(&self) -> usize {
+        self.lamps.len()
+    }
+    pub fn neighbours_of(&self, lamp: LampId) -> Vec<LampId> {
+        self.neighbours
+            .get(lamp.0 as usize)
+            .map(|v| v.iter().map(|&i| LampId(i as u32)).collect())
+            .unwrap_or_default()
+    }
+    pub fn node(&self, lamp: LampId) -> Option<&ProvisionedNode> {
+        self.lamps.get(lamp.0 as usize).map(|l| &l.node)
+    }
+
+    /// An MQTT message arrived on `topic`. Accepted or rejected, never a panic.
+    pub fn handle_uplink(
+        &mut self,
+        now: UnixMs,
+        topic: &str,
+        phy: &[u8],
+    ) -> Result<LampId, Rejection> {
+        let result = self.accept_uplink(now, topic, phy);
+        match &result {
+            Ok(_) => self.counters.uplinks += 1,
+            Err(r) => {
+                self.counters.rejected += 1;
+                *self.rejected_by_kind.entry(r.kind()).or_default() += 1;
+                self.events.push_back(Event::Rejected {
+                    at: now,
+                    kind: r.kind(),
+                    detail: r.to_string(),
+                });
+            }
+        }
+        result
+    }
+
+    fn accept_uplink(&mut self, now: UnixMs, topic: &str, phy: &[u8]) -> Result<LampId, Rejection> {
+        let (topic_tenant, topic_dev_eui) = match topics::parse(topic)? {
+            Topic::Uplink { tenant, dev_eui } => (tenant, dev_eui),
+            Topic::Downlink { .. } => return Err(Rejection::DownlinkTopic),
+        };
+        let header = lorawan::peek_header(phy).map_err(Rejection::Frame)?;
+        if !header.mtype.is_uplink() || !header.mtype.is_data() {
+            return Err(Rejection::NotUplink(header.mtype));
+        }
+        let &i = self
+            .by_addr
+            .get(&header.dev_addr)
+            .ok_or(Rejection::UnknownDevAddr(header.dev_addr))?;
+        let node = &self.lamps[i].node;
+        if node.tenant != topic_tenant || node.dev_eui != topic_dev_eui {
+            return Err(Rejection::TopicMismatch {
+                dev_addr: header.dev_addr,
+                owner: node.dev_eui,
+                topic_tenant,
+                topic_dev_eui,
+            });
+        }
+        let fcnt = match lorawan::rebuild_fcnt(node.last_fcnt_up, header.fcnt16) {
+            Ok(f) => f,
+            Err(FrameError::Replay { last, got }) => return Err(Rejection::Replay { last, got }),
+            Err(e) => return Err(Rejection::Frame(e)),
+        };
+        let frame = match lorawan::decode_data_frame(phy, &node.keys, fcnt) {
+            Ok(f) => f,
+            Err(FrameError::BadMic) => return Err(Rejection::BadMic(header.dev_addr)),
+            Err(e) => return Err(Rejection::Frame(e)),
+        };
+        if frame.fport != Some(FPORT_STATUS) {
+            return Err(Rejection::WrongPort(frame.fport));
+        }
+        let report = StatusReport::decode(&frame.frm_payload)?;
+
+        // Accepted: from here on the frame counts.
+        let lamp = &mut self.lamps[i];
+        lamp.node.last_fcnt_up = Some(fcnt);
+        let energy_delta_wh = lamp
+            .node
+            .last_energy_wh
+            .map_or(report.energy_wh, |prev| report.energy_wh.wrapping_sub(prev));
+        lamp.node.last_energy_wh = Some(report.energy_wh);
+        lamp.energy_wh += energy_delta_wh as f64;
+        lamp.presence_total += report.presence.total() as u64;
+        lamp.last_report = Some((now, report));
+        let id = lamp.node.lamp;
+        self.events.push_back(Event::Reading {
+            lamp: id,
+            received: now,
+            fcnt,
+            report,
+            energy_delta_wh,
+        });
+
+        if report.presence.total() > 0 {
+            let until = now.plus_ms(self.config.policy.bubble_hold_s as u64 * 1000);
+            let mut bubble = vec![i];
+            bubble.extend(self.neighbours[i].iter().copied());
+            for j in bubble {
+                let l = &mut self.lamps[j];
+                l.bubble_until = Some(l.bubble_until.map_or(until, |t| t.max(until)));
+                self.decide_lamp(now, j);
+            }
+        } else {
+            self.reconcile(now, i, &report);
+        }
+        Ok(id)
+    }
+
+    /// A node that reports a target other than what we commanded, long enough after the
+    /// command, missed it (lost, or the node restarted): send it again.
+    fn reconcile(&mut self, now: UnixMs, i: usize, report: &StatusReport) {
+        let Some(c) = self.lamps[i].commanded else {
+            self.decide_lamp(now, i);
+            return;
+        };
+        let stale = now.since(c.at) >= self.config.reconcile_after_s as u64 * 1000;
+        let off_target =
+            report.target_level_pct != c.level_pct || report.mode == NodeMode::FailSafe;
+        if stale && off_target {
+            self.lamps[i].commanded = None;
+            self.decide_lamp(now, i);
+        }
+    }
+
+    /// Time passed: re-decide every lamp.
+    pub fn handle_tick(&mut self, now: UnixMs) {
+        for i in 0..self.lamps.len() {
+            self.decide_lamp(now, i);
+        }
+    }
+
+    /// Set or clear (level None) an operator override on one lamp.
+    pub fn set_override(
+        &mut self,
+        now: UnixMs,
+        lamp: LampId,
+        level_pct: Option<u8>,
+        until: UnixMs,
+    ) {
+        if let Some(l) = self.lamps.get_mut(lamp.0 as usize) {
+            l.override_ = level_pct.map(|level_pct| Override {
+                level_pct: level_pct.min(100),
+                until,
+            });
+            self.decide_lamp(now, lamp.0 as usize);
+        }
+    }
+
+    fn decide_lamp(&mut self, now: UnixMs, i: usize) {
+        let cfg = &self.config;
+        let lamp = &self.lamps[i];
+        let situation = LampSituation {
+            now,
+            dark: sun::is_dark(lamp.node.lat, lamp.node.lon, now),
+            bubble_until: lamp.bubble_until,
+            override_: lamp.override_,
+        };
+        let Decision { level_pct, reason } = policy::decide(&cfg.policy, &situation);
+        let refresh_due = lamp
+            .commanded
+            .is_none_or(|c| now.since(c.at) >= cfg.refresh_s as u64 * 1000);
+        let changed = lamp.commanded.is_none_or(|c| c.level_pct != level_pct);
+        if !changed && !refresh_due {
+            return;
+        }
+        let from = lamp
+            .commanded
+            .map(|c| c.level_pct)
+            .or(lamp.last_report.map(|(_, r)| r.level_pct))
+            .unwrap_or(0);
+        let ramp_ms = policy::ramp_ms(&cfg.policy, from, level_pct);
+        // A presence level carries its own hold, so a node drops back by itself should the
+        // controller go away while the bubble is up.
+        let hold_s = match reason {
+            Reason::Presence => (cfg.policy.bubble_hold_s + 60).min(u16::MAX as u32) as u16,
+            _ => 0,
+        };
+        let command = Command::SetLevel {
+            level_pct,
+            ramp_ms,
+            hold_s,
+        };
+        self.send(now, i, command, level_pct, ramp_ms, reason);
+    }
+
+    fn send(
+        &mut self,
+        now: UnixMs,
+        i: usize,
+        command: Command,
+        level_pct: u8,
+        ramp_ms: u32,
+        reason: Reason,
+    ) {
+        let lamp = &mut self.lamps[i];
+        let Ok(payload) = command.encode() else {
+            return;
+        };
+        let fcnt_down = lamp.node.next_fcnt_down;
+        let frame = DataFrame {
+            mtype: MType::UnconfirmedDataDown,
+            dev_addr: lamp.node.dev_addr,
+            fctrl: FCtrl::default(),
+            fcnt: fcnt_down,
+            fopts: Vec::new(),
+            fport: Some(FPORT_COMMAND),
+            frm_payload: payload,
+        };
+        let Ok(phy) = lorawan::encode_data_frame(&frame, &lamp.node.keys) else {
+            return;
+        };
+        lamp.node.next_fcnt_down = fcnt_down.wrapping_add(1);
+        lamp.commanded = Some(Commanded {
+            level_pct,
+            reason,
+            at: now,
+        });
+        let id = lamp.node.lamp;
+        self.outbox.push_back(Outgoing {
+            lamp: id,
+            topic: topics::downlink(&lamp.node.tenant, lamp.node.dev_eui),
+            frame: phy,
+            level_pct,
+            ramp_ms,
+            reason,
+            fcnt_down,
+        });
+        self.events.push_back(Event::CommandSent {
+            lamp: id,
+            at: now,
+            level_pct,
+            ramp_ms,
+            reason,
+            fcnt_down,
+        });
+        self.counters.commands += 1;
+    }
+
+    pub fn poll_command(&mut self) -> Option<Outgoing> {
+        self.outbox.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn online(&self, lamp: &LampState, now: UnixMs) -> bool {
+        let window_ms =
+            self.config.report_interval_s as u64 * 1000 * self.config.offline_after_reports as u64;
+        lamp.last_report
+            .is_some_and(|(t, _)| now.since(t) <= window_ms)
+    }
+
+    fn visible(lamp: &LampState, tenant: Option<&TenantId>) -> bool {
+        tenant.is_none_or(|t| &lamp.node.tenant == t)
+    }
+
+    /// The summary of all lamps, or of one tenant's.
+    pub fn summary(&self, now: UnixMs, tenant: Option<&TenantId>) -> Summary {
+        let mut s = Summary {
+            lamps: 0,
+            lamps_online: 0,
+            uplinks: self.counters.uplinks,
+            commands: self.counters.commands,
+            rejected: self.counters.rejected,
+            rejected_by_reason: self.rejected_by_kind.clone(),
+            energy_wh: 0.0,
+            power_w: 0.0,
+            mean_level_pct: 0.0,
+            lamps_with_faults: 0,
+            now_ms: now.0,
+        };
+        let mut level_sum = 0.0;
+        for l in self.lamps.iter().filter(|l| Self::visible(l, tenant)) {
+            s.lamps += 1;
+            s.energy_wh += l.energy_wh;
+            if self.online(l, now) {
+                s.lamps_online += 1;
+            }
+            if let Some((_, r)) = l.last_report {
+                s.power_w += r.power_w() as f64;
+                level_sum += r.level_pct as f64;
+                if !(r.faults.0 & !FaultFlags::COMMS_LOST.0 == 0) {
+                    s.lamps_with_faults += 1;
+                }
+            }
+        }
+        if s.lamps > 0 {
+            s.mean_level_pct = level_sum / s.lamps as f64;
+        }
+        s
+    }
+
+    pub fn lamps(&self, now: UnixMs, tenant: Option<&TenantId>) -> Vec<LampView> {
+        self.lamps
+            .iter()
+            .filter(|l| Self::visible(l, tenant))
+            .map(|l| {
+                let r = l.last_report.map(|(_, r)| r);
+                LampView {
+                    lamp: l.node.lamp,
+                    tenant: l.node.tenant.clone(),
+                    dev_eui: l.node.dev_eui,
+                    zone: l.node.zone,
+                    lat: l.node.lat,
+                    lon: l.node.lon,
+                    online: self.online(l, now),
+                    level_pct: r.map(|r| r.level_pct),
+                    target_level_pct: r.map(|r| r.target_level_pct),
+                    power_w: r.map(|r| r.power_w()),
+                    mode: r.map(|r| r.mode),
+                    faults: r.map_or(0, |r| r.faults.0),
+                    last_seen_ms: l.last_report.map(|(t, _)| t.0),
+                    commanded_level_pct: l.commanded.map(|c| c.level_pct),
+                    reason: l.commanded.map(|c| c.reason),
+                    energy_wh: l.energy_wh,
+                }
+            })
+            .collect()
+    }
+
+    pub fn zones(&self, now: UnixMs, tenant: Option<&TenantId>) -> Vec<ZoneView> {
+        let mut zones: BTreeMap<(TenantId, ZoneId), (ZoneView, f64)> = BTreeMap::new();
+        for l in self.lamps.iter().filter(|l| Self::visible(l, tenant)) {
+            let key = (l.node.tenant.clone(), l.node.zone);
+            let (z, level_sum) = zones.entry(key).or_insert_with(|| {
+                (
+                    ZoneView {
+                        tenant: l.node.tenant.clone(),
+                        zone: l.node.zone,
+                        lamps: 0,
+                        lamps_online: 0,
+                        mean_level_pct: 0.0,
+                        power_w: 0.0,
+                        energy_wh: 0.0,
+                        presence_total: 0,
+                        reasons: BTreeMap::new(),
+                    },
+                    0.0,
+                )
+            });
+            z.lamps += 1;
+            z.energy_wh += l.energy_wh;
+            z.presence_total += l.presence_total;
+            if self.online(l, now) {
+                z.lamps_online += 1;
+            }
+            if let Some((_, r)) = l.last_report {
+                z.power_w += r.power_w() as f64;
+                *level_sum += r.level_pct as f64;
+            }
+            if let Some(c) = l.commanded {
+                *z.reasons.entry(c.reason.as_str()).or_default() += 1;
+            }
+        }
+        zones
+            .into_values()
+            .map(|(mut z, level_sum)| {
+                z.mean_level_pct = level_sum / z.lamps.max(1) as f64;
+                z
+            })
+            .collect()
+    }
+
+    /// The session counters to persist (so a restart keeps replay protection).
+    pub fn session_counters(
+        &self,
+    ) -> impl Iterator<Item = (LampId, Option<u32>, u32, Option<u32>)> + '_ {
+        self.lamps.iter().map(|l| {
+            (
+                l.node.lamp,
+                l.node.last_fcnt_up,
+                l.node.next_fcnt_down,
+                l.node.last_energy_wh,
+            )
+        })
+    }
+
+    #[doc(hidden)]
+    pub fn keys_of(&self, lamp: LampId) -> Option<&SessionKeys> {
+        self.lamps.get(lamp.0 as usize).map(|l| &l.node.keys)
+    }
+}
+
+#[cfg(test)]
+mod tests;

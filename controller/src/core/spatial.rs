@@ -1,0 +1,71 @@
+//! Neighbours by distance, through a grid of cells one radius wide, so a town of 50,000
+//! lamps is indexed in linear time rather than by comparing every pair.
+
+use std::collections::HashMap;
+
+use lamplighter_protocol::TenantId;
+
+const METRES_PER_DEG_LAT: f64 = 111_320.0;
+
+/// For each point, up to `k` other points of the same tenant within `radius_m`, nearest first.
+pub fn neighbours(points: &[(TenantId, f64, f64)], radius_m: f64, k: usize) -> Vec<Vec<usize>> {
+    if points.is_empty() || radius_m <= 0.0 || k == 0 {
+        return vec![Vec::new(); points.len()];
+    }
+    let mean_lat = points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
+    let m_per_deg_lon = METRES_PER_DEG_LAT * mean_lat.to_radians().cos().max(0.01);
+    let xy: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (p.2 * m_per_deg_lon, p.1 * METRES_PER_DEG_LAT))
+        .collect();
+    let cell = |(x, y): (f64, f64)| ((x / radius_m).floor() as i64, (y / radius_m).floor() as i64);
+    let mut grid: HashMap<(i64, i64), Vec<usize>> = HashMap::new();
+    for (i, &p) in xy.iter().enumerate() {
+        grid.entry(cell(p)).or_default().push(i);
+    }
+    xy.iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let (cx, cy) = cell(p);
+            let mut near: Vec<(f64, usize)> = Vec::new();
+            for dx in -1..=1 {
+                for dy in -1..=1 {
+                    for &j in grid.get(&(cx + dx, cy + dy)).into_iter().flatten() {
+                        if j == i || points[j].0 != points[i].0 {
+                            continue;
+                        }
+                        let d = ((xy[j].0 - p.0).powi(2) + (xy[j].1 - p.1).powi(2)).sqrt();
+                        if d <= radius_m {
+                            near.push((d, j));
+                        }
+                    }
+                }
+            }
+            near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            near.into_iter().take(k).map(|(_, j)| j).collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbours_are_near_same_tenant_and_nearest_first() {
+        let t = TenantId::new("a").unwrap();
+        let u = TenantId::new("b").unwrap();
+        // Points along a street 30 m apart (0.00027 deg of latitude), one of another tenant.
+        let pts: Vec<_> = (0..5)
+            .map(|i| (t.clone(), 51.0 + i as f64 * 0.00027, -2.0))
+            .chain([(u, 51.0, -2.0)])
+            .collect();
+        let n = neighbours(&pts, 40.0, 4);
+        assert_eq!(n[0], vec![1]);
+        assert_eq!(n[2].len(), 2);
+        assert!(n[2].contains(&1) && n[2].contains(&3));
+        assert!(n[5].is_empty(), "other tenant's lamps are never neighbours");
+        let n = neighbours(&pts, 70.0, 1);
+        assert_eq!(n[2].len(), 1);
+    }
+}

@@ -1,0 +1,14 @@
+//! The controller: it hears every lamp, decides every level, and keeps the record.
+//!
+//! - [`core`]: sans-IO. Lamp and zone state, uplink checks (topic, DevAddr, FCnt, MIC,
+//!   payload), the policy, commands as ready-made frames. Time is an argument.
+//! - [`store`]: SQLite (rusqlite, bundled, WAL): provisioned nodes and their credentials,
+//!   readings, commands, rejections. Writes are batched on their own thread.
+//! - [`service`]: tokio glue. Subscribes to every tenant's uplinks over MQTT, feeds the core,
+//!   publishes its commands, hands events to the store and a shared handle to the API.
+
+pub mod core;
+pub mod service;
+pub mod store;
+
+pub use crate::core::{ControllerConfig, ControllerCore, ProvisionedNode};

@@ -1,0 +1,429 @@
+//! The edge node's deciding logic, sans-IO.
+//!
+//! Inputs arrive through `handle_*` (a downlink frame, a presence detection, a hardware
+//! sample, the passing of time), outputs leave through `poll_*` (an uplink frame to send, the
+//! next instant something is due) and [`NodeCore::level_pct`] (what the lamp driver should
+//! output now). `now` is always an argument: the agent passes the wall clock, the demo a
+//! scaled clock, the simulator virtual time, and all three run this same code.
+//!
+//! What the node decides by itself:
+//! - **Ramping**: a new target is reached linearly over the commanded ramp time.
+//! - **Reporting**: a status report every `report_interval_s` (phase spread by DevEUI so a
+//!   town does not report in one burst), and at once when its sensor detects a road user (at
+//!   most one every `min_report_gap_ms`).
+//! - **Fail-safe**: until the first command, when a command's hold time expires, and when it
+//!   has heard nothing from the controller for the profile's `silence_timeout_s`, it runs its
+//!   fail-safe profile: the profile's level while it is dark at its position (dusk and dawn
+//!   from [`lamplighter_protocol::sun`]), off while it is light.
+
+use lamplighter_protocol::lorawan::{
+    self, DataFrame, FCtrl, FrameError, MType, SessionKeys,
+};
+use lamplighter_protocol::payload::{
+    Command, FailSafeProfile, FaultFlags, NodeMode, PayloadError, Presence, ReportTrigger,
+    StatusReport, FPORT_COMMAND, FPORT_STATUS,
+};
+use lamplighter_protocol::{sun, DevAddr, DevEui, UnixMs};
+use serde::{Deserialize, Serialize};
+
+/// A node's identity, keys, place and habits: what an installer loads into it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub dev_eui: DevEui,
+    pub dev_addr: DevAddr,
+    pub keys: SessionKeys,
+    pub lat: f64,
+    pub lon: f64,
+    /// Seconds between periodic status reports.
+    pub report_interval_s: u32,
+    /// Presence reports are sent at once, but no closer together than this.
+    pub min_report_gap_ms: u64,
+    /// Ramp used when the node changes level on its own (fail-safe steps, dusk, dawn).
+    pub local_ramp_ms: u32,
+    pub fail_safe: FailSafeProfile,
+}
+
+impl NodeConfig {
+    pub fn new(dev_eui: DevEui, dev_addr: DevAddr, keys: SessionKeys, lat: f64, lon: f64) -> Self {
+        NodeConfig {
+            dev_eui,
+            dev_addr,
+            keys,
+            lat,
+            lon,
+            report_interval_s: 300,
+            min_report_gap_ms: 1_000,
+            local_ramp_ms: 5_000,
+            fail_safe: FailSafeProfile::part_night(0, 900),
+        }
+    }
+}
+
+/// What the lamp driver and the sensors measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    pub power_w: f32,
+    pub ambient_lux: f32,
+    /// Faults the hardware itself detects (lamp failure, driver fault).
+    pub faults: FaultFlags,
+}
+
+/// The kinds of road user a presence sensor tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoadUser {
+    Pedestrian,
+    Cyclist,
+    Vehicle,
+}
+
+/// Why a downlink was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DownlinkError {
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("frame is for DevAddr {0}, not this node")]
+    NotForMe(DevAddr),
+    #[error("frame is not a downlink ({0:?})")]
+    NotDownlink(MType),
+    #[error("FPort {0:?} is not the command port")]
+    WrongPort(Option<u8>),
+    #[error("command: {0}")]
+    Payload(#[from] PayloadError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ramp {
+    from_pct: f32,
+    to_pct: f32,
+    start: UnixMs,
+    duration_ms: u64,
+}
+
+impl Ramp {
+    fn level_at(&self, now: UnixMs) -> f32 {
+        let elapsed = now.since(self.start);
+        if self.duration_ms == 0 || elapsed >= self.duration_ms {
+            self.to_pct
+        } else {
+            let f = elapsed as f32 / self.duration_ms as f32;
+            self.from_pct + (self.to_pct - self.from_pct) * f
+        }
+    }
+    fn end(&self) -> UnixMs {
+        self.start.plus_ms(self.duration_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Commanded {
+    level_pct: u8,
+    /// When the hold ends and the fail-safe profile takes over again; None: no end.
+    hold_until: Option<UnixMs>,
+}
+
+/// Counters the agent exposes; nothing here is lost silently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct NodeCounters {
+    pub uplinks: u64,
+    pub downlinks_applied: u64,
+    pub downlinks_rejected: u64,
+}
+
+pub struct NodeCore {
+    config: NodeConfig,
+    /// FCnt of the next uplink.
+    fcnt_up: u32,
+    last_fcnt_down: Option<u32>,
+    commanded: Option<Commanded>,
+    last_heard: UnixMs,
+    ramp: Ramp,
+    presence: Presence,
+    energy_wh: f64,
+    last_sample: Option<(UnixMs, Sample)>,
+    next_periodic: UnixMs,
+    pending: Option<ReportTrigger>,
+    last_report: Option<UnixMs>,
+    counters: NodeCounters,
+}
+
+impl NodeCore {
+    /// `fcnt_up` is the next uplink counter (persisted by the agent, 0 for a new session) and
+    /// `energy_wh` the node's meter reading kept across restarts.
+    pub fn new(config: NodeConfig, now: UnixMs, fcnt_up: u32, energy_wh: f64) -> Self {
+        let interval_ms = config.report_interval_s.max(1) as u64 * 1000;
+        let phase_ms = config.dev_eui.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) % interval_ms;
+        let mut node = NodeCore {
+            fcnt_up,
+            last_fcnt_down: None,
+            commanded: None,
+            last_heard: now,
+            ramp: Ramp {
+                from_pct: 0.0,
+                to_pct: 0.0,
+                start: now,
+                duration_ms: 0,
+            },
+            presence: Presence::default(),
+            energy_wh,
+            last_sample: None,
+            next_periodic: now.plus_ms(phase_ms),
+            pending: None,
+            last_report: None,
+            counters: NodeCounters::default(),
+            config,
+        };
+        let target = node.target_level_pct(now);
+        node.retarget(now, target, 0);
+        node
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+    pub fn fcnt_up(&self) -> u32 {
+        self.fcnt_up
+    }
+    pub fn energy_wh(&self) -> f64 {
+        self.energy_wh
+    }
+    pub fn counters(&self) -> NodeCounters {
+        self.counters
+    }
+
+    /// The level the driver should output now, percent.
+    pub fn level_pct(&self, now: UnixMs) -> f32 {
+        self.ramp.level_at(now)
+    }
+
+    /// The level the node is heading for.
+    pub fn target_pct(&self) -> f32 {
+        self.ramp.to_pct
+    }
+
+    pub fn mode(&self, now: UnixMs) -> NodeMode {
+        match self.commanded {
+            Some(c) if !self.silent(now) && c.hold_until.is_none_or(|t| now < t) => {
+                NodeMode::Commanded
+            }
+            _ => NodeMode::FailSafe,
+        }
+    }
+
+    fn silent(&self, now: UnixMs) -> bool {
+        now.since(self.last_heard) >= self.config.fail_safe.silence_timeout_s as u64 * 1000
+    }
+
+    fn target_level_pct(&self, now: UnixMs) -> u8 {
+        match (self.mode(now), self.commanded) {
+            (NodeMode::Commanded, Some(c)) => c.level_pct,
+            _ => {
+                if sun::is_dark(self.config.lat, self.config.lon, now) {
+                    let p = &self.config.fail_safe;
+                    let minute = now.local_seconds_of_day(p.utc_offset_min as i32) / 60;
+                    p.level_at_minute(minute as u16)
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
+    fn retarget(&mut self, now: UnixMs, to_pct: u8, ramp_ms: u64) {
+        let to = to_pct as f32;
+        if self.ramp.to_pct == to {
+            return;
+        }
+        self.ramp = Ramp {
+            from_pct: self.ramp.level_at(now),
+            to_pct: to,
+            start: now,
+            duration_ms: ramp_ms,
+        };
+    }
+
+    /// A downlink frame arrived (over MQTT or radio). Only a frame for this node, with a valid
+    /// MIC and a counter that advances, is applied.
+    pub fn handle_downlink(&mut self, now: UnixMs, phy: &[u8]) -> Result<Command, DownlinkError> {
+        let result = self.apply_downlink(now, phy);
+        match &result {
+            Ok(_) => self.counters.downlinks_applied += 1,
+            Err(_) => self.counters.downlinks_rejected += 1,
+        }
+        result
+    }
+
+    fn apply_downlink(&mut self, now: UnixMs, phy: &[u8]) -> Result<Command, DownlinkError> {
+        let header = lorawan::peek_header(phy)?;
+        if header.mtype.is_uplink() {
+            return Err(DownlinkError::NotDownlink(header.mtype));
+        }
+        if header.dev_addr != self.config.dev_addr {
+            return Err(DownlinkError::NotForMe(header.dev_addr));
+        }
+        let fcnt = lorawan::rebuild_fcnt(self.last_fcnt_down, header.fcnt16)?;
+        let frame = lorawan::decode_data_frame(phy, &self.config.keys, fcnt)?;
+        if frame.fport != Some(FPORT_COMMAND) {
+            return Err(DownlinkError::WrongPort(frame.fport));
+        }
+        let command = Command::decode(&frame.frm_payload)?;
+        self.last_fcnt_down = Some(fcnt);
+        self.last_heard = now;
+        match &command {
+            Command::SetLevel {
+                level_pct,
+                ramp_ms,
+                hold_s,
+            } => {
+                self.commanded = Some(Commanded {
+                    level_pct: *level_pct,
+                    hold_until: (*hold_s > 0).then(|| now.plus_ms(*hold_s as u64 * 1000)),
+                });
+                self.retarget(now, *level_pct, *ramp_ms as u64);
+            }
+            Command::FailSafeProfile(p) => {
+                self.config.fail_safe = p.clone();
+            }
+        }
+        self.on_time(now);
+        Ok(command)
+    }
+
+    /// The presence sensor saw a road user.
+    pub fn handle_presence(&mut self, now: UnixMs, who: RoadUser) {
+        let slot = match who {
+            RoadUser::Pedestrian => &mut self.presence.pedestrians,
+            RoadUser::Cyclist => &mut self.presence.cyclists,
+            RoadUser::Vehicle => &mut self.presence.vehicles,
+        };
+        *slot = slot.saturating_add(1);
+        self.pending = Some(ReportTrigger::Presence);
+        self.on_time(now);
+    }
+
+    /// The hardware measured power and light. Energy is integrated from the previous sample's
+    /// power over the time since, so the meter is right however often samples come.
+    pub fn handle_sample(&mut self, now: UnixMs, sample: Sample) {
+        if let Some((t, prev)) = self.last_sample {
+            self.energy_wh += prev.power_w as f64 * now.since(t) as f64 / 3_600_000.0;
+        }
+        let new_faults = sample.faults.0 & !self.last_sample.map_or(0, |(_, s)| s.faults.0);
+        if new_faults != 0 {
+            self.pending = Some(ReportTrigger::Fault);
+        }
+        self.last_sample = Some((now, sample));
+        self.on_time(now);
+    }
+
+    /// Time passed: apply hold expiry, silence and the fail-safe schedule.
+    pub fn handle_timeout(&mut self, now: UnixMs) {
+        self.on_time(now);
+    }
+
+    fn on_time(&mut self, now: UnixMs) {
+        let ramp_ms = match self.mode(now) {
+            NodeMode::Commanded => self.ramp.duration_ms,
+            NodeMode::FailSafe => self.config.local_ramp_ms as u64,
+        };
+        let target = self.target_level_pct(now);
+        self.retarget(now, target, ramp_ms);
+    }
+
+    /// The next uplink frame to send, if one is due.
+    pub fn poll_transmit(&mut self, now: UnixMs) -> Option<Vec<u8>> {
+        self.on_time(now);
+        let gap_ok = self
+            .last_report
+            .is_none_or(|t| now.since(t) >= self.config.min_report_gap_ms);
+        let trigger = match self.pending {
+            Some(t) if gap_ok => t,
+            _ if now >= self.next_periodic => ReportTrigger::Periodic,
+            _ => return None,
+        };
+        let report = self.status_report(now, trigger);
+        let frame = DataFrame {
+            mtype: MType::UnconfirmedDataUp,
+            dev_addr: self.config.dev_addr,
+            fctrl: FCtrl::default(),
+            fcnt: self.fcnt_up,
+            fopts: Vec::new(),
+            fport: Some(FPORT_STATUS),
+            frm_payload: report.encode(),
+        };
+        // A 22-byte payload always fits; an error here would be a bug in our own codec, and
+        // the node keeps running rather than panicking on a lamp column.
+        let phy = lorawan::encode_data_frame(&frame, &self.config.keys).ok()?;
+        self.fcnt_up = self.fcnt_up.wrapping_add(1);
+        self.presence = Presence::default();
+        self.pending = None;
+        self.last_report = Some(now);
+        let interval_ms = self.config.report_interval_s.max(1) as u64 * 1000;
+        while self.next_periodic <= now {
+            self.next_periodic = self.next_periodic.plus_ms(interval_ms);
+        }
+        self.counters.uplinks += 1;
+        Some(phy)
+    }
+
+    /// The report the node would send now.
+    pub fn status_report(&self, now: UnixMs, trigger: ReportTrigger) -> StatusReport {
+        let sample = self.last_sample.map(|(_, s)| s).unwrap_or_default();
+        let level = self.level_pct(now);
+        let mut faults = sample.faults;
+        if self.commanded.is_some() && self.silent(now) {
+            faults = faults | FaultFlags::COMMS_LOST;
+        }
+        if level > 0.0 && sample.ambient_lux > 200.0 {
+            faults = faults | FaultFlags::DAY_BURNING;
+        }
+        StatusReport {
+            level_pct: level.round().clamp(0.0, 100.0) as u8,
+            target_level_pct: self.ramp.to_pct as u8,
+            power_dw: (sample.power_w * 10.0).round().clamp(0.0, u16::MAX as f32) as u16,
+            energy_wh: self.energy_wh as u64 as u32,
+            ambient_lux: sample.ambient_lux.round().clamp(0.0, u16::MAX as f32) as u16,
+            presence: self.presence,
+            faults,
+            mode: self.mode(now),
+            trigger,
+            reading_time_s: now.as_secs() as u32,
+            applied_fcnt_down: self.last_fcnt_down.unwrap_or(0) as u16,
+        }
+    }
+
+    /// The next instant the node has something to do (a report, the end of a ramp, a hold
+    /// or silence expiring, the next fail-safe step). The agent sleeps until then unless an
+    /// input arrives first.
+    pub fn poll_timeout(&self, now: UnixMs) -> UnixMs {
+        let mut next = self.next_periodic;
+        if self.pending.is_some() {
+            let gap_end = self
+                .last_report
+                .map_or(now, |t| t.plus_ms(self.config.min_report_gap_ms));
+            next = next.min(gap_end.max(now));
+        }
+        if self.ramp.end() > now {
+            next = next.min(self.ramp.end());
+        }
+        if let Some(Commanded {
+            hold_until: Some(t),
+            ..
+        }) = self.commanded
+        {
+            if t > now {
+                next = next.min(t);
+            }
+        }
+        let silence_end = self
+            .last_heard
+            .plus_ms(self.config.fail_safe.silence_timeout_s as u64 * 1000);
+        if silence_end > now {
+            next = next.min(silence_end);
+        }
+        // The fail-safe profile and the sun change on minute boundaries at the finest.
+        next.min(UnixMs((now.0 / 60_000 + 1) * 60_000))
+    }
+}
+
+#[cfg(test)]
+mod tests;

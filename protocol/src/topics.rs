@@ -1,0 +1,98 @@
+//! The MQTT topic layout. Every topic carries the tenant (council), so one broker can serve
+//! several councils and a subscription can be scoped to one of them.
+//!
+//! - `lamplighter/{tenant}/up/{dev_eui}`: a node's uplink frames (LoRaWAN data frames).
+//! - `lamplighter/{tenant}/down/{dev_eui}`: the controller's downlink frames to that node.
+//!
+//! Topics are routing only. The broker has no ACLs, so whoever may connect may publish or
+//! subscribe anywhere; the frames themselves carry integrity, confidentiality and replay
+//! protection, and the controller checks that a frame's DevAddr belongs to the node the topic
+//! names.
+
+use crate::{DevEui, TenantId};
+
+pub const ROOT: &str = "lamplighter";
+
+pub fn uplink(tenant: &TenantId, dev_eui: DevEui) -> String {
+    format!("{ROOT}/{tenant}/up/{dev_eui}")
+}
+
+pub fn downlink(tenant: &TenantId, dev_eui: DevEui) -> String {
+    format!("{ROOT}/{tenant}/down/{dev_eui}")
+}
+
+/// The controller's subscription: every tenant's uplinks.
+pub const ALL_UPLINKS: &str = "lamplighter/+/up/+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topic {
+    Uplink { tenant: TenantId, dev_eui: DevEui },
+    Downlink { tenant: TenantId, dev_eui: DevEui },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a lamplighter topic: {0:?}")]
+pub struct TopicError(pub String);
+
+pub fn parse(topic: &str) -> Result<Topic, TopicError> {
+    let err = || TopicError(topic.chars().take(128).collect());
+    let mut parts = topic.split('/');
+    let (Some(ROOT), Some(tenant), Some(dir), Some(eui), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(err());
+    };
+    let tenant = TenantId::new(tenant).map_err(|_| err())?;
+    let dev_eui: DevEui = eui.parse().map_err(|_| err())?;
+    match dir {
+        "up" => Ok(Topic::Uplink { tenant, dev_eui }),
+        "down" => Ok(Topic::Downlink { tenant, dev_eui }),
+        _ => Err(err()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip() {
+        let t = TenantId::new("bristol").unwrap();
+        let eui = DevEui(0x0011_2233_4455_6677);
+        assert_eq!(uplink(&t, eui), "lamplighter/bristol/up/0011223344556677");
+        assert_eq!(
+            parse(&uplink(&t, eui)).unwrap(),
+            Topic::Uplink {
+                tenant: t.clone(),
+                dev_eui: eui
+            }
+        );
+        assert_eq!(
+            parse(&downlink(&t, eui)).unwrap(),
+            Topic::Downlink {
+                tenant: t,
+                dev_eui: eui
+            }
+        );
+    }
+
+    #[test]
+    fn foreign_topics_are_refused() {
+        for bad in [
+            "",
+            "lamplighter",
+            "lamplighter/bristol/up",
+            "lamplighter/bristol/up/0011223344556677/x",
+            "lamplighter/Bristol/up/0011223344556677",
+            "lamplighter/bristol/sideways/0011223344556677",
+            "other/bristol/up/0011223344556677",
+            "lamplighter/bristol/up/zz",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}
