@@ -1,1 +1,353 @@
-fn main() {}
+//! `lamplighter`: the command line. It composes the crates and does nothing else: every
+//! behaviour lives in a library crate, and this file parses flags, builds the parts, and
+//! prints one clear line on failure.
+
+use lamplighter::system;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use lamplighter_controller::store::{NewNode, Store};
+use lamplighter_protocol::time::ScaledClock;
+use lamplighter_protocol::{sun, LampId, TenantId, UnixMs};
+use lamplighter_simulator::demand::PeakRates;
+use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown};
+
+use system::SystemConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "lamplighter",
+    version,
+    about = "Smart street-lighting control: lamps follow demand"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the whole system with a simulated town, in one process, on loopback.
+    Demo(DemoArgs),
+    /// Runs the system for a real deployment (no simulated town).
+    Serve(ServeArgs),
+    /// Provisioned nodes.
+    Nodes {
+        #[command(subcommand)]
+        command: NodesCommand,
+    },
+    /// Demand forecasting.
+    Forecast {
+        #[command(subcommand)]
+        command: ForecastCommand,
+    },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Lamps in the simulated town.
+    #[arg(long, default_value_t = 1000)]
+    lamps: usize,
+    #[arg(long, default_value_t = 1883)]
+    mqtt_port: u16,
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Where the store lives (default: the per-user data directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The simulated clock runs this many times faster than real time.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Stop after this much real time (e.g. 90s, 5m) and print a JSON summary on stdout.
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    run_for: Option<Duration>,
+    /// When the simulated clock starts: `dusk` (shortly before the next sunset at the town,
+    /// or now if it is dark already), `now`, or Unix seconds.
+    #[arg(long, default_value = "dusk")]
+    start: String,
+    /// Seconds between a node's periodic reports (simulated time).
+    #[arg(long, default_value_t = 60)]
+    report_interval_s: u32,
+    /// Seed of the town's layout and its road users.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (see README); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    mqtt_port: Option<u16>,
+    #[arg(long)]
+    http_port: Option<u16>,
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// Prints the provisioned nodes as CSV: ids, position, MQTT credentials, session keys
+    /// and topics, for loading real devices. Works while the system runs.
+    Export {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ForecastCommand {
+    /// Rolling-origin evaluation of the model against four baselines; one JSON object.
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        time_column: String,
+        #[arg(long)]
+        value_column: String,
+        /// strftime format of the time column, e.g. "%m/%d/%Y %I:%M:%S %p".
+        #[arg(long)]
+        time_format: String,
+        /// Horizons in steps (repeatable); default: one step and one hour.
+        #[arg(long = "horizon")]
+        horizons: Vec<u32>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn,rumqttc=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lamplighter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(args) => runtime()?.block_on(demo(args)),
+        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        Command::Nodes {
+            command: NodesCommand::Export { data_dir },
+        } => {
+            let dir = match data_dir {
+                Some(d) => d,
+                None => system::default_data_dir()?,
+            };
+            anyhow::ensure!(
+                dir.join(lamplighter_controller::store::DB_FILE).exists(),
+                "no store in {} (run `lamplighter demo` or `serve` with that --data-dir first)",
+                dir.display()
+            );
+            let store = Store::open(&dir)?;
+            let stdout = std::io::stdout();
+            store.export_nodes_csv(stdout.lock())?;
+            Ok(())
+        }
+        Command::Forecast {
+            command:
+                ForecastCommand::Eval {
+                    data,
+                    time_column,
+                    value_column,
+                    time_format,
+                    horizons,
+                },
+        } => {
+            let report = lamplighter_forecast::evaluate(&lamplighter_forecast::EvalOptions {
+                data,
+                time_column,
+                value_column,
+                time_format,
+                horizons,
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The demo town stands in Bristol.
+const DEMO_CENTRE: (f64, f64) = (51.4545, -2.5879);
+const DEMO_TENANT: &str = "demo";
+
+fn demo_start(spec: &str) -> Result<UnixMs> {
+    let now = ScaledClock::system().now();
+    match spec {
+        "now" => Ok(now),
+        "dusk" => {
+            let (lat, lon) = DEMO_CENTRE;
+            if sun::is_dark(lat, lon, now) {
+                Ok(now)
+            } else {
+                let dusk = sun::next_transition(lat, lon, now).unwrap_or(now);
+                Ok(UnixMs(dusk.0.saturating_sub(10 * 60_000).max(now.0)))
+            }
+        }
+        s => s.parse::<u64>().map(UnixMs::from_secs).map_err(|_| {
+            anyhow::anyhow!("--start must be `dusk`, `now` or Unix seconds, got {s:?}")
+        }),
+    }
+}
+
+async fn demo(args: DemoArgs) -> Result<()> {
+    anyhow::ensure!(args.lamps > 0, "--lamps must be at least 1");
+    anyhow::ensure!(
+        args.speed.is_finite() && args.speed > 0.0 && args.speed <= 10_000.0,
+        "--speed must be in (0, 10000], got {}",
+        args.speed
+    );
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => system::default_data_dir()?,
+    };
+    let tenant = TenantId::new(DEMO_TENANT)?;
+
+    // The town, provisioned once; a different size or seed provisions it anew.
+    let town = lamplighter_town::Town::procedural(args.lamps, args.seed, DEMO_CENTRE);
+    {
+        let mut store = Store::open(&data_dir)?;
+        let existing = store.nodes()?;
+        let matches = existing.len() == town.lamps.len()
+            && existing.iter().zip(&town.lamps).all(|(s, l)| {
+                s.node.lamp == l.id
+                    && (s.node.lat - l.lat).abs() < 1e-9
+                    && (s.node.lon - l.lon).abs() < 1e-9
+            });
+        if !matches {
+            store.remove_tenant(&tenant)?;
+            let new: Vec<NewNode> = town
+                .lamps
+                .iter()
+                .map(|l| NewNode {
+                    lamp: LampId(l.id.0),
+                    tenant: tenant.clone(),
+                    zone: l.zone,
+                    lat: l.lat,
+                    lon: l.lon,
+                    rated_power_w: l.rated_power_w,
+                })
+                .collect();
+            let added = store.provision(&new)?;
+            tracing::info!(added, dir = %data_dir.display(), "provisioned the demo town");
+        }
+    }
+
+    let mut config = SystemConfig {
+        data_dir: Some(data_dir.clone()),
+        ..SystemConfig::default()
+    };
+    config.mqtt_listen.set_port(args.mqtt_port);
+    config.http_listen.set_port(args.http_port);
+    config.controller.report_interval_s = args.report_interval_s;
+    config.mqtt_max_connections = args.lamps + 64;
+    let clock = ScaledClock::starting_at(demo_start(&args.start)?, args.speed);
+    let (system, nodes) = system::start(&config, &data_dir, clock).await?;
+
+    let live_nodes = nodes
+        .into_iter()
+        .filter(|s| s.node.tenant == tenant)
+        .map(|s| LiveNode {
+            dev_eui: s.node.dev_eui,
+            dev_addr: s.node.dev_addr,
+            keys: s.node.keys,
+            lat: s.node.lat,
+            lon: s.node.lon,
+            rated_power_w: s.node.rated_power_w,
+            mqtt_username: s.mqtt_username,
+            mqtt_password: s.mqtt_password,
+            // The store's counters stand in for the nodes' non-volatile memory.
+            fcnt_up: s.node.last_fcnt_up.map_or(0, |f| f.wrapping_add(1)),
+            energy_wh: s.node.last_energy_wh.unwrap_or(0) as f64,
+        })
+        .collect();
+    let town = LiveTown::spawn(
+        live_nodes,
+        LiveConfig {
+            mqtt_host: system.mqtt_addr.ip().to_string(),
+            mqtt_port: system.mqtt_addr.port(),
+            tenant,
+            clock,
+            report_interval_s: args.report_interval_s,
+            silence_timeout_s: 900,
+            utc_offset_min: 0,
+            demand: Some(PeakRates::default()),
+            seed: args.seed,
+        },
+    );
+    eprintln!(
+        "lamplighter demo: {} lamps; dashboard http://{}  MQTT {}  data {}  (Ctrl-C stops)",
+        args.lamps,
+        system.http_addr,
+        system.mqtt_addr,
+        data_dir.display()
+    );
+
+    match args.run_for {
+        Some(d) => tokio::time::sleep(d).await,
+        None => {
+            tokio::signal::ctrl_c()
+                .await
+                .context("cannot wait for Ctrl-C")?;
+        }
+    }
+    let summary = system.controller.summary(None);
+    town.stop();
+    system.shutdown().await;
+    if args.run_for.is_some() {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => SystemConfig::load(path)?,
+        None => SystemConfig::default(),
+    };
+    if let Some(d) = args.data_dir {
+        config.data_dir = Some(d);
+    }
+    if let Some(p) = args.mqtt_port {
+        config.mqtt_listen.set_port(p);
+    }
+    if let Some(p) = args.http_port {
+        config.http_listen.set_port(p);
+    }
+    config.validate()?;
+    let data_dir = config.data_dir()?;
+    let (system, nodes) = system::start(&config, &data_dir, ScaledClock::system()).await?;
+    eprintln!(
+        "lamplighter serve: {} nodes; dashboard http://{}  MQTT {}  data {}",
+        nodes.len(),
+        system.http_addr,
+        system.mqtt_addr,
+        data_dir.display()
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    system.shutdown().await;
+    Ok(())
+}

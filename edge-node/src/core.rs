@@ -16,9 +16,7 @@
 //!   fail-safe profile: the profile's level while it is dark at its position (dusk and dawn
 //!   from [`lamplighter_protocol::sun`]), off while it is light.
 
-use lamplighter_protocol::lorawan::{
-    self, DataFrame, FCtrl, FrameError, MType, SessionKeys,
-};
+use lamplighter_protocol::lorawan::{self, DataFrame, FCtrl, FrameError, MType, SessionKeys};
 use lamplighter_protocol::payload::{
     Command, FailSafeProfile, FaultFlags, NodeMode, PayloadError, Presence, ReportTrigger,
     StatusReport, FPORT_COMMAND, FPORT_STATUS,

@@ -242,6 +242,7 @@ pub struct ControllerCore {
     config: ControllerConfig,
     lamps: Vec<LampState>,
     by_addr: HashMap<DevAddr, usize>,
+    by_lamp: HashMap<LampId, usize>,
     neighbours: Vec<Vec<usize>>,
     outbox: VecDeque<Outgoing>,
     events: VecDeque<Event>,
@@ -253,20 +254,20 @@ pub struct ControllerCore {
 pub enum ProvisionError {
     #[error("DevAddr {0} is provisioned twice")]
     DuplicateDevAddr(DevAddr),
-    #[error("lamp ids must be 0..n in order; lamp {0} is out of place")]
-    LampOrder(LampId),
+    #[error("lamp {0} is provisioned twice")]
+    DuplicateLamp(LampId),
 }
 
 impl ControllerCore {
-    /// Lamps must be given with ids 0..n in order (the store numbers them so).
     pub fn new(
         config: ControllerConfig,
         nodes: Vec<ProvisionedNode>,
     ) -> Result<Self, ProvisionError> {
         let mut by_addr = HashMap::with_capacity(nodes.len());
+        let mut by_lamp = HashMap::with_capacity(nodes.len());
         for (i, n) in nodes.iter().enumerate() {
-            if n.lamp.0 as usize != i {
-                return Err(ProvisionError::LampOrder(n.lamp));
+            if by_lamp.insert(n.lamp, i).is_some() {
+                return Err(ProvisionError::DuplicateLamp(n.lamp));
             }
             if by_addr.insert(n.dev_addr, i).is_some() {
                 return Err(ProvisionError::DuplicateDevAddr(n.dev_addr));
@@ -296,6 +297,7 @@ impl ControllerCore {
             config,
             lamps,
             by_addr,
+            by_lamp,
             neighbours,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -314,13 +316,18 @@ impl ControllerCore {
         self.lamps.len()
     }
     pub fn neighbours_of(&self, lamp: LampId) -> Vec<LampId> {
-        self.neighbours
-            .get(lamp.0 as usize)
-            .map(|v| v.iter().map(|&i| LampId(i as u32)).collect())
+        self.by_lamp
+            .get(&lamp)
+            .map(|&i| {
+                self.neighbours[i]
+                    .iter()
+                    .map(|&j| self.lamps[j].node.lamp)
+                    .collect()
+            })
             .unwrap_or_default()
     }
     pub fn node(&self, lamp: LampId) -> Option<&ProvisionedNode> {
-        self.lamps.get(lamp.0 as usize).map(|l| &l.node)
+        self.by_lamp.get(&lamp).map(|&i| &self.lamps[i].node)
     }
 
     /// An MQTT message arrived on `topic`. Accepted or rejected, never a panic.
@@ -449,12 +456,12 @@ impl ControllerCore {
         level_pct: Option<u8>,
         until: UnixMs,
     ) {
-        if let Some(l) = self.lamps.get_mut(lamp.0 as usize) {
-            l.override_ = level_pct.map(|level_pct| Override {
+        if let Some(&i) = self.by_lamp.get(&lamp) {
+            self.lamps[i].override_ = level_pct.map(|level_pct| Override {
                 level_pct: level_pct.min(100),
                 until,
             });
-            self.decide_lamp(now, lamp.0 as usize);
+            self.decide_lamp(now, i);
         }
     }
 
@@ -592,7 +599,7 @@ impl ControllerCore {
             if let Some((_, r)) = l.last_report {
                 s.power_w += r.power_w() as f64;
                 level_sum += r.level_pct as f64;
-                if !(r.faults.0 & !FaultFlags::COMMS_LOST.0 == 0) {
+                if r.faults.0 & !FaultFlags::COMMS_LOST.0 != 0 {
                     s.lamps_with_faults += 1;
                 }
             }
@@ -686,11 +693,6 @@ impl ControllerCore {
                 l.node.last_energy_wh,
             )
         })
-    }
-
-    #[doc(hidden)]
-    pub fn keys_of(&self, lamp: LampId) -> Option<&SessionKeys> {
-        self.lamps.get(lamp.0 as usize).map(|l| &l.node.keys)
     }
 }
 

@@ -29,6 +29,8 @@ pub struct PolicyConfig {
     pub bubble_neighbours: usize,
     pub ramp_up_ms: u32,
     pub ramp_down_ms: u32,
+    /// Whether presence detections raise a bubble (off for the static baselines).
+    pub reactive: bool,
 }
 
 impl Default for PolicyConfig {
@@ -52,7 +54,48 @@ impl Default for PolicyConfig {
             bubble_neighbours: 4,
             ramp_up_ms: 1_000,
             ramp_down_ms: 20_000,
+            reactive: true,
         }
+    }
+}
+
+/// The policies a deployment or a simulation run can choose by name.
+pub const POLICY_NAMES: &[&str] = &["profile-reactive", "full", "part-night", "reactive"];
+
+impl PolicyConfig {
+    /// A named policy: `profile-reactive` (the default: a dimmed night profile with presence
+    /// bubbles), `full` (100 % dusk to dawn), `part-night` (UK practice: 100 % to 22:00, 75 %
+    /// to midnight, 50 % to 05:30, 100 % to dawn), `reactive` (the minimum level until
+    /// presence).
+    pub fn named(name: &str) -> Option<PolicyConfig> {
+        let step = |h: u16, m: u16, level_pct| ProfileStep {
+            minute_of_day: h * 60 + m,
+            level_pct,
+        };
+        let base = PolicyConfig::default();
+        Some(match name {
+            "profile-reactive" => base,
+            "full" => PolicyConfig {
+                night_profile: vec![step(0, 0, 100)],
+                reactive: false,
+                ..base
+            },
+            "part-night" => PolicyConfig {
+                night_profile: vec![
+                    step(0, 0, 50),
+                    step(5, 30, 100),
+                    step(12, 0, 100),
+                    step(22, 0, 75),
+                ],
+                reactive: false,
+                ..base
+            },
+            "reactive" => PolicyConfig {
+                night_profile: vec![step(0, 0, base.min_level_pct)],
+                ..base
+            },
+            _ => return None,
+        })
     }
 }
 
@@ -166,7 +209,7 @@ pub fn decide(cfg: &PolicyConfig, s: &LampSituation) -> Decision {
             reason: Reason::Daylight,
         };
     }
-    if s.bubble_until.is_some_and(|t| s.now < t) {
+    if cfg.reactive && s.bubble_until.is_some_and(|t| s.now < t) {
         return Decision {
             level_pct: cfg.bubble_level_pct.max(cfg.min_level_pct),
             reason: Reason::Presence,
@@ -302,6 +345,34 @@ mod tests {
             ..PolicyConfig::default()
         };
         assert_eq!(decide(&cfg, &situation(at(2, 0))).level_pct, 40);
+    }
+
+    #[test]
+    fn named_policies_differ_as_their_names_say() {
+        let night = situation(at(2, 0));
+        let bubble = LampSituation {
+            bubble_until: Some(at(2, 1)),
+            ..night
+        };
+        let level = |name: &str, s: &LampSituation| {
+            decide(&PolicyConfig::named(name).unwrap(), s).level_pct
+        };
+        assert_eq!(level("full", &night), 100);
+        assert_eq!(level("part-night", &night), 50);
+        assert_eq!(
+            level("part-night", &bubble),
+            50,
+            "part-night ignores presence"
+        );
+        assert_eq!(level("reactive", &night), 20);
+        assert_eq!(level("reactive", &bubble), 100);
+        assert!(PolicyConfig::named("nonsense").is_none());
+        for name in POLICY_NAMES {
+            assert!(
+                PolicyConfig::named(name).unwrap().validate().is_ok(),
+                "{name}"
+            );
+        }
     }
 
     #[test]

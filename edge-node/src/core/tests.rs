@@ -103,7 +103,8 @@ fn replayed_foreign_and_forged_downlinks_are_refused() {
 #[test]
 fn silence_and_hold_expiry_fall_back_to_the_profile() {
     let mut n = node(NIGHT);
-    n.handle_downlink(NIGHT, &downlink(1, &set(20, 0, 30))).unwrap();
+    n.handle_downlink(NIGHT, &downlink(1, &set(20, 0, 30)))
+        .unwrap();
     n.handle_timeout(NIGHT.plus_ms(29_000));
     assert_eq!(n.target_pct(), 20.0);
     n.handle_timeout(NIGHT.plus_ms(30_000));
@@ -111,7 +112,8 @@ fn silence_and_hold_expiry_fall_back_to_the_profile() {
     assert_eq!(n.target_pct(), 75.0);
 
     let mut n = node(NIGHT);
-    n.handle_downlink(NIGHT, &downlink(1, &set(20, 0, 0))).unwrap();
+    n.handle_downlink(NIGHT, &downlink(1, &set(20, 0, 0)))
+        .unwrap();
     let silent = NIGHT.plus_ms(600_000);
     n.handle_timeout(silent);
     assert_eq!(n.mode(silent), NodeMode::FailSafe);
@@ -138,7 +140,8 @@ fn presence_is_reported_at_once_but_rate_limited() {
     n.handle_presence(t.plus_ms(100), RoadUser::Cyclist);
     assert!(n.poll_transmit(t.plus_ms(100)).is_none(), "rate limited");
     assert_eq!(n.poll_timeout(t.plus_ms(100)), t.plus_ms(1_000));
-    let r = decode_report(&n, &n.poll_transmit(t.plus_ms(1_000)).unwrap().clone());
+    let phy = n.poll_transmit(t.plus_ms(1_000)).unwrap();
+    let r = decode_report(&n, &phy);
     assert_eq!(r.presence.cyclists, 1);
 }
 

@@ -1,0 +1,5 @@
+//! The `lamplighter` package: the command line (`src/main.rs`) and [`system`], which
+//! composes the running system from the crates. It is a library too so that the end-to-end
+//! tests start exactly what `demo` and `serve` start.
+
+pub mod system;

@@ -1,0 +1,211 @@
+//! Composes the running system: the embedded broker, the controller service, the store's
+//! writer and the dashboard, from one validated configuration. `demo` adds a simulated town.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use lamplighter_controller::core::{ControllerConfig, ControllerCore, LampView, Summary, ZoneView};
+use lamplighter_controller::service::{self, ControllerHandle, ServiceConfig};
+use lamplighter_controller::store::{Store, StoreThread, StoreWriter, StoredNode};
+use lamplighter_dashboards::LiveSource;
+use lamplighter_protocol::time::ScaledClock;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+/// `lamplighter serve`'s configuration file. Every field has a default that works on a
+/// laptop; flags override the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemConfig {
+    /// Where the SQLite store lives. Default: the per-user data directory.
+    pub data_dir: Option<PathBuf>,
+    /// The embedded MQTT broker's address.
+    pub mqtt_listen: SocketAddr,
+    pub mqtt_max_connections: usize,
+    /// The dashboard and API.
+    pub http_listen: SocketAddr,
+    /// Seconds between the controller's re-decisions of every lamp (real time).
+    pub tick_interval_s: f64,
+    pub controller: ControllerConfig,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        SystemConfig {
+            data_dir: None,
+            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            mqtt_max_connections: 20_000,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tick_interval_s: 1.0,
+            controller: ControllerConfig::default(),
+        }
+    }
+}
+
+impl SystemConfig {
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let config: SystemConfig = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.controller
+            .policy
+            .validate()
+            .context("invalid [controller.policy]")?;
+        anyhow::ensure!(
+            self.tick_interval_s > 0.0 && self.tick_interval_s <= 60.0,
+            "tick_interval_s must be in (0, 60], got {}",
+            self.tick_interval_s
+        );
+        anyhow::ensure!(
+            self.controller.report_interval_s > 0,
+            "controller.report_interval_s must be positive"
+        );
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> Result<PathBuf> {
+        match &self.data_dir {
+            Some(d) => Ok(d.clone()),
+            None => default_data_dir(),
+        }
+    }
+}
+
+pub fn default_data_dir() -> Result<PathBuf> {
+    directories::ProjectDirs::from("org", "lamplighter", "lamplighter")
+        .map(|d| d.data_dir().to_path_buf())
+        .context("no home directory to put the data in; pass --data-dir")
+}
+
+/// The running system.
+pub struct System {
+    pub controller: ControllerHandle,
+    pub mqtt_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    store_thread: StoreThread,
+}
+
+struct Dashboard(ControllerHandle);
+
+impl LiveSource for Dashboard {
+    fn summary(&self) -> Summary {
+        self.0.summary(None)
+    }
+    fn lamps(&self) -> Vec<LampView> {
+        self.0.lamps(None)
+    }
+    fn zones(&self) -> Vec<ZoneView> {
+        self.0.zones(None)
+    }
+    fn metrics(&self) -> String {
+        self.0.prometheus()
+    }
+}
+
+const CONTROLLER_USER: &str = "lamplighter-controller";
+
+/// Starts broker, controller and dashboard on the store in `data_dir`. Returns the
+/// provisioned nodes so a simulated town can be started against it.
+pub async fn start(
+    config: &SystemConfig,
+    data_dir: &std::path::Path,
+    clock: ScaledClock,
+) -> Result<(System, Vec<StoredNode>)> {
+    let store = Store::open(data_dir)?;
+    let nodes = store.nodes()?;
+    let core = ControllerCore::new(
+        config.controller.clone(),
+        nodes.iter().map(|s| s.node.clone()).collect(),
+    )?;
+
+    // The controller's own MQTT password lives only in this process.
+    let controller_password: String = rand::thread_rng()
+        .sample_iter(Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    let auth_store = Mutex::new(Store::open(data_dir)?);
+    let expected = controller_password.clone();
+    let auth: lamplighter_broker::Authenticator = Arc::new(move |_client, user, pass| {
+        if user == CONTROLLER_USER {
+            return pass == expected;
+        }
+        let store = auth_store.lock().unwrap_or_else(|p| p.into_inner());
+        match store.check_mqtt_credentials(user, pass) {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check MQTT credentials");
+                false
+            }
+        }
+    });
+    let broker_config = lamplighter_broker::BrokerConfig {
+        listen: config.mqtt_listen,
+        max_connections: config.mqtt_max_connections.max(nodes.len() + 16),
+        max_payload_bytes: 4096,
+    };
+    let broker = lamplighter_broker::start(&broker_config, auth)?;
+
+    let (writer, store_thread) = StoreWriter::start(store);
+    let (controller, mut tasks) = service::start(
+        core,
+        writer,
+        clock,
+        ServiceConfig {
+            mqtt_host: broker.listen.ip().to_string(),
+            mqtt_port: broker.listen.port(),
+            mqtt_client_id: CONTROLLER_USER.into(),
+            mqtt_username: CONTROLLER_USER.into(),
+            mqtt_password: controller_password,
+            tick_interval: Duration::from_secs_f64(config.tick_interval_s),
+        },
+    );
+
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+    let http_addr = listener.local_addr()?;
+    let source: Arc<dyn LiveSource> = Arc::new(Dashboard(controller.clone()));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = lamplighter_dashboards::serve(listener, source).await {
+            tracing::error!(error = %e, "dashboard stopped");
+        }
+    }));
+
+    Ok((
+        System {
+            controller,
+            mqtt_addr: broker.listen,
+            http_addr,
+            tasks,
+            store_thread,
+        },
+        nodes,
+    ))
+}
+
+impl System {
+    /// Stops the tasks and waits until everything accepted is written to the store.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let thread = self.store_thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
