@@ -124,14 +124,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn,rumqttc=warn".into()),
+                .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn".into()),
         )
         .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lamplighter: {e:#}");
+            // One line, whatever the error chain holds.
+            let message = format!("{e:#}");
+            let one_line: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("lamplighter: {}", one_line.join(" "));
             ExitCode::FAILURE
         }
     }
@@ -279,7 +286,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
             mqtt_password: s.mqtt_password,
             // The store's counters stand in for the nodes' non-volatile memory.
             fcnt_up: s.node.last_fcnt_up.map_or(0, |f| f.wrapping_add(1)),
-            energy_wh: s.node.last_energy_wh.unwrap_or(0) as f64,
+            energy_wh: s.node.last_energy_dwh.unwrap_or(0) as f64 / 10.0,
         })
         .collect();
     let town = LiveTown::spawn(

@@ -86,7 +86,7 @@ const MIGRATIONS: &[&str] = &[
         app_s_key TEXT NOT NULL,
         last_fcnt_up INTEGER,
         next_fcnt_down INTEGER NOT NULL DEFAULT 0,
-        last_energy_wh INTEGER
+        last_energy_dwh INTEGER
      );
      CREATE INDEX nodes_tenant_zone ON nodes(tenant, zone);
      CREATE TABLE readings (
@@ -97,8 +97,8 @@ const MIGRATIONS: &[&str] = &[
         level_pct INTEGER NOT NULL,
         target_level_pct INTEGER NOT NULL,
         power_w REAL NOT NULL,
-        energy_wh INTEGER NOT NULL,
-        energy_delta_wh INTEGER NOT NULL,
+        energy_dwh INTEGER NOT NULL,
+        energy_delta_dwh INTEGER NOT NULL,
         ambient_lux INTEGER NOT NULL,
         pedestrians INTEGER NOT NULL,
         cyclists INTEGER NOT NULL,
@@ -292,7 +292,7 @@ impl Store {
             .prepare(
                 "SELECT lamp_id, tenant, dev_eui, dev_addr, zone, lat, lon, rated_power_w,
                     mqtt_username, mqtt_password, nwk_s_key, app_s_key, last_fcnt_up,
-                    next_fcnt_down, last_energy_wh
+                    next_fcnt_down, last_energy_dwh
                  FROM nodes ORDER BY lamp_id",
             )
             .map_err(self.sql())?;
@@ -327,7 +327,7 @@ impl Store {
         for row in rows {
             let (lamp, tenant, eui, addr, zone, lat, lon, power, user, pass, nwk, app, counters) =
                 row.map_err(self.sql())?;
-            let (last_fcnt_up, next_fcnt_down, last_energy_wh) = counters;
+            let (last_fcnt_up, next_fcnt_down, last_energy_dwh) = counters;
             out.push(StoredNode {
                 node: ProvisionedNode {
                     lamp: LampId(lamp),
@@ -350,7 +350,7 @@ impl Store {
                     rated_power_w: power,
                     last_fcnt_up,
                     next_fcnt_down,
-                    last_energy_wh,
+                    last_energy_dwh,
                 },
                 mqtt_username: user,
                 mqtt_password: pass,
@@ -441,7 +441,7 @@ impl Store {
                 .map_err(&sql)?;
             let mut up_counters = tx
                 .prepare_cached(
-                    "UPDATE nodes SET last_fcnt_up = ?2, last_energy_wh = ?3 WHERE lamp_id = ?1",
+                    "UPDATE nodes SET last_fcnt_up = ?2, last_energy_dwh = ?3 WHERE lamp_id = ?1",
                 )
                 .map_err(&sql)?;
             let mut command = tx
@@ -463,7 +463,7 @@ impl Store {
                         received,
                         fcnt,
                         report: r,
-                        energy_delta_wh,
+                        energy_delta_dwh,
                     } => {
                         reading
                             .execute(params![
@@ -474,8 +474,8 @@ impl Store {
                                 r.level_pct,
                                 r.target_level_pct,
                                 r.power_w(),
-                                r.energy_wh,
-                                energy_delta_wh,
+                                r.energy_dwh,
+                                energy_delta_dwh,
                                 r.ambient_lux,
                                 r.presence.pedestrians,
                                 r.presence.cyclists,
@@ -486,7 +486,7 @@ impl Store {
                             ])
                             .map_err(&sql)?;
                         up_counters
-                            .execute(params![lamp.0, fcnt, r.energy_wh])
+                            .execute(params![lamp.0, fcnt, r.energy_dwh])
                             .map_err(&sql)?;
                     }
                     Event::CommandSent {
@@ -663,7 +663,7 @@ mod tests {
             level_pct: 30,
             target_level_pct: 30,
             power_dw: 100,
-            energy_wh: 77,
+            energy_dwh: 77,
             ambient_lux: 0,
             presence: Presence::default(),
             faults: FaultFlags::default(),
@@ -677,7 +677,7 @@ mod tests {
             received: lamplighter_protocol::UnixMs(5),
             fcnt: 9,
             report,
-            energy_delta_wh: 77,
+            energy_delta_dwh: 77,
         };
         let command = Event::CommandSent {
             lamp: LampId(0),
@@ -693,7 +693,7 @@ mod tests {
         assert_eq!(store.count("commands").unwrap(), 1);
         let n = &store.nodes().unwrap()[0].node;
         assert_eq!(
-            (n.last_fcnt_up, n.next_fcnt_down, n.last_energy_wh),
+            (n.last_fcnt_up, n.next_fcnt_down, n.last_energy_dwh),
             (Some(9), 4, Some(77))
         );
     }

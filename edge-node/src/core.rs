@@ -140,6 +140,8 @@ pub struct NodeCore {
     energy_wh: f64,
     last_sample: Option<(UnixMs, Sample)>,
     next_periodic: UnixMs,
+    /// Periodic reports fall on `periodic_origin + k * interval`.
+    periodic_origin: UnixMs,
     pending: Option<ReportTrigger>,
     last_report: Option<UnixMs>,
     counters: NodeCounters,
@@ -150,7 +152,10 @@ impl NodeCore {
     /// `energy_wh` the node's meter reading kept across restarts.
     pub fn new(config: NodeConfig, now: UnixMs, fcnt_up: u32, energy_wh: f64) -> Self {
         let interval_ms = config.report_interval_s.max(1) as u64 * 1000;
-        let phase_ms = config.dev_eui.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) % interval_ms;
+        let hash = config.dev_eui.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // A first report soon after start (within 10 s), so the controller sees a restarted
+        // town at once; after it, reports spread over the whole interval.
+        let first_ms = hash % interval_ms.min(10_000);
         let mut node = NodeCore {
             fcnt_up,
             last_fcnt_down: None,
@@ -165,7 +170,8 @@ impl NodeCore {
             presence: Presence::default(),
             energy_wh,
             last_sample: None,
-            next_periodic: now.plus_ms(phase_ms),
+            next_periodic: now.plus_ms(first_ms),
+            periodic_origin: now.plus_ms(hash % interval_ms),
             pending: None,
             last_report: None,
             counters: NodeCounters::default(),
@@ -356,7 +362,12 @@ impl NodeCore {
         self.pending = None;
         self.last_report = Some(now);
         let interval_ms = self.config.report_interval_s.max(1) as u64 * 1000;
-        while self.next_periodic <= now {
+        let periods_passed = now.since(self.periodic_origin) / interval_ms + 1;
+        self.next_periodic = self
+            .periodic_origin
+            .plus_ms(periods_passed * interval_ms)
+            .max(self.periodic_origin);
+        if self.next_periodic <= now {
             self.next_periodic = self.next_periodic.plus_ms(interval_ms);
         }
         self.counters.uplinks += 1;
@@ -378,7 +389,7 @@ impl NodeCore {
             level_pct: level.round().clamp(0.0, 100.0) as u8,
             target_level_pct: self.ramp.to_pct as u8,
             power_dw: (sample.power_w * 10.0).round().clamp(0.0, u16::MAX as f32) as u16,
-            energy_wh: self.energy_wh as u64 as u32,
+            energy_dwh: (self.energy_wh * 10.0) as u64 as u32,
             ambient_lux: sample.ambient_lux.round().clamp(0.0, u16::MAX as f32) as u16,
             presence: self.presence,
             faults,

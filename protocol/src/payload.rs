@@ -8,7 +8,7 @@
 //! ```
 //! use lamplighter_protocol::payload::*;
 //! let report = StatusReport { level_pct: 40, target_level_pct: 100, power_dw: 123,
-//!     energy_wh: 98_765, ambient_lux: 3, presence: Presence { pedestrians: 2, cyclists: 0, vehicles: 1 },
+//!     energy_dwh: 98_765, ambient_lux: 3, presence: Presence { pedestrians: 2, cyclists: 0, vehicles: 1 },
 //!     faults: FaultFlags::DRIVER, mode: NodeMode::Commanded, trigger: ReportTrigger::Presence,
 //!     reading_time_s: 1_700_000_000, applied_fcnt_down: 7 };
 //! let bytes = report.encode();
@@ -121,9 +121,10 @@ pub struct StatusReport {
     pub target_level_pct: u8,
     /// Input power in tenths of a watt (0.1 W resolution, 6553.5 W max).
     pub power_dw: u16,
-    /// Cumulative energy meter of the node, Wh, wrapping at 2^32. The controller derives
-    /// consumption from differences, so a resent or duplicated report never double-counts.
-    pub energy_wh: u32,
+    /// Cumulative energy meter of the node in tenths of a watt-hour (dWh), wrapping at
+    /// 2^32 (430 MWh). The controller derives consumption from differences, so a resent or
+    /// duplicated report never double-counts; tenths keep a dimmed lamp's minute visible.
+    pub energy_dwh: u32,
     pub ambient_lux: u16,
     pub presence: Presence,
     pub faults: FaultFlags,
@@ -149,7 +150,7 @@ impl StatusReport {
         b.push(self.level_pct);
         b.push(self.target_level_pct);
         b.extend_from_slice(&self.power_dw.to_le_bytes());
-        b.extend_from_slice(&self.energy_wh.to_le_bytes());
+        b.extend_from_slice(&self.energy_dwh.to_le_bytes());
         b.extend_from_slice(&self.ambient_lux.to_le_bytes());
         b.push(self.presence.pedestrians);
         b.push(self.presence.cyclists);
@@ -187,7 +188,7 @@ impl StatusReport {
             level_pct: level(b[1])?,
             target_level_pct: level(b[2])?,
             power_dw: u16_at(3),
-            energy_wh: u32_at(5),
+            energy_dwh: u32_at(5),
             ambient_lux: u16_at(9),
             presence: Presence {
                 pedestrians: b[11],
@@ -419,7 +420,7 @@ mod tests {
                     level_pct: l,
                     target_level_pct: t,
                     power_dw: p,
-                    energy_wh: e,
+                    energy_dwh: e,
                     ambient_lux: lux,
                     presence: Presence {
                         pedestrians: pr[0],

@@ -58,6 +58,16 @@ pub struct LiveTown {
     pub probes: Vec<Arc<NodeProbe>>,
     presence: Vec<mpsc::Sender<RoadUser>>,
     tasks: Vec<JoinHandle<()>>,
+    latencies_ms: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+/// Presence-to-command latency seen at the nodes, in the clock's milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LatencyStats {
+    pub samples: usize,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
 }
 
 impl LiveTown {
@@ -97,9 +107,12 @@ impl LiveTown {
             probes.push(probe);
             presence.push(tx);
         }
+        let latencies_ms = Arc::new(std::sync::Mutex::new(Vec::new()));
         if let Some(peak) = config.demand {
             tasks.push(tokio::spawn(road_users(
                 presence.clone(),
+                probes.clone(),
+                latencies_ms.clone(),
                 peak,
                 config.clock,
                 config.utc_offset_min,
@@ -110,6 +123,28 @@ impl LiveTown {
             probes,
             presence,
             tasks,
+            latencies_ms,
+        }
+    }
+
+    /// Latency from a road user's detection at a lamp that was not already raised to the
+    /// command that raised it, as applied at that node.
+    pub fn latency(&self) -> LatencyStats {
+        let mut v = self
+            .latencies_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if v.is_empty() {
+            return LatencyStats::default();
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        LatencyStats {
+            samples: v.len(),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: v[v.len() - 1],
         }
     }
 
@@ -136,28 +171,52 @@ impl LiveTown {
 
 /// Road users arrive at each lamp as a Poisson process whose rate follows the demand shape
 /// at the (scaled) clock's time of day. Checked every 100 ms of real time.
+///
+/// A detection at a lamp that is not ramping up or raised already is timed: the latency is
+/// from the detection to the next command the node applies that raises its target.
 async fn road_users(
     lamps: Vec<mpsc::Sender<RoadUser>>,
+    probes: Vec<Arc<NodeProbe>>,
+    latencies_ms: Arc<std::sync::Mutex<Vec<u64>>>,
     peak: PeakRates,
     clock: ScaledClock,
     utc_offset_min: i16,
     seed: u64,
 ) {
+    use std::sync::atomic::Ordering;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let period = Duration::from_millis(100);
     let mut last = clock.now();
+    // (lamp, detected at, target then)
+    let mut timing: Vec<(usize, u64, f32)> = Vec::new();
     loop {
         tokio::time::sleep(period).await;
         let now = clock.now();
         let dt_s = now.since(last) as f64 / 1000.0;
         last = now;
+        timing.retain(|&(i, t0, target_before)| {
+            let p = &probes[i];
+            let applied = p.last_command_ms.load(Ordering::Relaxed);
+            if applied >= t0 && p.target_pct() > target_before {
+                let mut l = latencies_ms.lock().unwrap_or_else(|e| e.into_inner());
+                l.push(applied - t0);
+                false
+            } else {
+                // Give up on detections that raised nothing (daylight, static policies).
+                now.0.saturating_sub(t0) < 60_000
+            }
+        });
         let rates = demand::rates_per_s(peak, now.local_seconds_of_day(utc_offset_min as i32));
-        for tx in &lamps {
+        for (i, tx) in lamps.iter().enumerate() {
             for &(who, rate) in &rates {
                 // P(at least one arrival in dt) for small rate * dt; several in one check are
                 // rare enough at these rates to count as one.
-                if rng.gen::<f64>() < 1.0 - (-rate * dt_s).exp() {
-                    let _ = tx.try_send(who);
+                if rng.gen::<f64>() < 1.0 - (-rate * dt_s).exp() && tx.try_send(who).is_ok() {
+                    let p = &probes[i];
+                    let steady = (p.level_pct() - p.target_pct()).abs() < 0.01;
+                    if steady && p.target_pct() < 100.0 && !timing.iter().any(|t| t.0 == i) {
+                        timing.push((i, clock.now().0, p.target_pct()));
+                    }
                 }
             }
         }

@@ -44,8 +44,8 @@ pub struct ProvisionedNode {
     pub last_fcnt_up: Option<u32>,
     /// FCnt of the next downlink.
     pub next_fcnt_down: u32,
-    /// The node's energy meter at its last accepted report.
-    pub last_energy_wh: Option<u32>,
+    /// The node's energy meter (dWh) at its last accepted report.
+    pub last_energy_dwh: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -144,8 +144,8 @@ pub enum Event {
         received: UnixMs,
         fcnt: u32,
         report: StatusReport,
-        /// Energy used since the previous report, from the node's meter.
-        energy_delta_wh: u32,
+        /// Energy used since the previous report, from the node's meter, dWh.
+        energy_delta_dwh: u32,
     },
     CommandSent {
         lamp: LampId,
@@ -393,12 +393,11 @@ impl ControllerCore {
         // Accepted: from here on the frame counts.
         let lamp = &mut self.lamps[i];
         lamp.node.last_fcnt_up = Some(fcnt);
-        let energy_delta_wh = lamp
-            .node
-            .last_energy_wh
-            .map_or(report.energy_wh, |prev| report.energy_wh.wrapping_sub(prev));
-        lamp.node.last_energy_wh = Some(report.energy_wh);
-        lamp.energy_wh += energy_delta_wh as f64;
+        let energy_delta_dwh = lamp.node.last_energy_dwh.map_or(report.energy_dwh, |prev| {
+            report.energy_dwh.wrapping_sub(prev)
+        });
+        lamp.node.last_energy_dwh = Some(report.energy_dwh);
+        lamp.energy_wh += energy_delta_dwh as f64 / 10.0;
         lamp.presence_total += report.presence.total() as u64;
         lamp.last_report = Some((now, report));
         let id = lamp.node.lamp;
@@ -407,7 +406,7 @@ impl ControllerCore {
             received: now,
             fcnt,
             report,
-            energy_delta_wh,
+            energy_delta_dwh,
         });
 
         if report.presence.total() > 0 {
@@ -690,7 +689,7 @@ impl ControllerCore {
                 l.node.lamp,
                 l.node.last_fcnt_up,
                 l.node.next_fcnt_down,
-                l.node.last_energy_wh,
+                l.node.last_energy_dwh,
             )
         })
     }

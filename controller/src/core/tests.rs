@@ -26,7 +26,7 @@ fn node(i: u32) -> ProvisionedNode {
         rated_power_w: 40.0,
         last_fcnt_up: None,
         next_fcnt_down: 0,
-        last_energy_wh: None,
+        last_energy_dwh: None,
     }
 }
 
@@ -34,12 +34,12 @@ fn core(n: u32) -> ControllerCore {
     ControllerCore::new(ControllerConfig::default(), (0..n).map(node).collect()).unwrap()
 }
 
-fn report(presence: Presence, energy_wh: u32) -> StatusReport {
+fn report(presence: Presence, energy_dwh: u32) -> StatusReport {
     StatusReport {
         level_pct: 50,
         target_level_pct: 50,
         power_dw: 200,
-        energy_wh,
+        energy_dwh,
         ambient_lux: 1,
         presence,
         faults: FaultFlags::default(),
@@ -79,15 +79,15 @@ fn accepted_reports_meter_energy_from_the_nodes_counter() {
     c.handle_uplink(NIGHT.plus_ms(60_000), &t, &f).unwrap();
     let s = c.summary(NIGHT.plus_ms(60_000), None);
     assert_eq!(s.uplinks, 2);
-    assert_eq!(s.energy_wh, 1040.0);
+    assert_eq!(s.energy_wh, 104.0);
     assert_eq!(s.lamps_online, 1);
     let readings: Vec<_> = std::iter::from_fn(|| c.poll_event())
         .filter_map(|e| match e {
             Event::Reading {
-                energy_delta_wh,
+                energy_delta_dwh,
                 fcnt,
                 ..
-            } => Some((fcnt, energy_delta_wh)),
+            } => Some((fcnt, energy_delta_dwh)),
             _ => None,
         })
         .collect();
@@ -195,7 +195,7 @@ fn bad_uplinks_are_rejected_counted_and_do_not_change_state() {
     assert_eq!(s.uplinks, 1);
     assert_eq!(s.rejected, cases.len() as u64);
     assert_eq!(s.rejected_by_reason["topic"], 2);
-    assert_eq!(s.energy_wh, 10.0);
+    assert_eq!(s.energy_wh, 1.0);
     // The genuine next frame still goes through.
     let (t, f) = uplink(&node(1), 8, &report(Presence::default(), 12));
     c.handle_uplink(NIGHT, &t, &f).unwrap();
