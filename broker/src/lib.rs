@@ -92,8 +92,10 @@ pub fn start(config: &BrokerConfig, auth: Authenticator) -> Result<EmbeddedBroke
         router: RouterConfig {
             max_connections: config.max_connections,
             max_outgoing_packet_count: 200,
-            max_segment_size: 1 << 20,
-            max_segment_count: 10,
+            // rumqttd keeps a commit log per topic; every node has its own topics, so keep
+            // each small (frames are under 300 bytes) or memory grows with the town.
+            max_segment_size: 16 * 1024,
+            max_segment_count: 2,
             ..RouterConfig::default()
         },
         v4: Some(HashMap::from([("1".to_string(), server)])),

@@ -84,6 +84,11 @@ pub async fn run_node<H: Hardware>(
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
     let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options, 64);
+    // A town reconnecting after a broker restart is a storm of CONNECTs; give the broker time
+    // to answer, and back off with jitter so retries do not arrive in lockstep.
+    eventloop.network_options.set_connection_timeout(30);
+    let mut backoff_ms: u64 = 500;
+    let jitter = dev_eui.0 % 1000;
     let mut outbox: VecDeque<Vec<u8>> = VecDeque::new();
     let mut dropped: u64 = 0;
     let mut outage_logged = false;
@@ -96,6 +101,7 @@ pub async fn run_node<H: Hardware>(
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     outage_logged = false;
+                    backoff_ms = 500;
                     probe.connected.store(true, Ordering::Relaxed);
                     let _ = client.try_subscribe(&down_topic, QoS::AtLeastOnce);
                 }
@@ -119,7 +125,8 @@ pub async fn run_node<H: Hardware>(
                         tracing::warn!(%dev_eui, error = %e, "MQTT link down; retrying");
                         outage_logged = true;
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(backoff_ms + jitter * backoff_ms / 1000)).await;
+                    backoff_ms = (backoff_ms * 2).min(30_000);
                 }
             },
             who = presence.recv(), if presence_open => match who {

@@ -71,13 +71,13 @@ pub struct LatencyStats {
 }
 
 impl LiveTown {
-    /// Spawns every node (connections are spread over the first second so the broker is not
-    /// hit by a thousand CONNECTs at once) and the road users.
+    /// Spawns every node (connections are spread, 2,000 a second, so the broker is not hit by
+    /// every CONNECT at once) and the road users.
     pub fn spawn(nodes: Vec<LiveNode>, config: LiveConfig) -> LiveTown {
         let mut probes = Vec::with_capacity(nodes.len());
         let mut presence = Vec::with_capacity(nodes.len());
         let mut tasks = Vec::with_capacity(nodes.len() + 1);
-        let spread_ms = 1_000u64;
+        let spread_ms = (nodes.len() as u64 / 2).max(1_000);
         let n = nodes.len().max(1) as u64;
         for (i, node) in nodes.into_iter().enumerate() {
             let now = config.clock.now();
