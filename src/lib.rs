@@ -2,4 +2,5 @@
 //! composes the running system from the crates. It is a library too so that the end-to-end
 //! tests start exactly what `demo` and `serve` start.
 
+pub mod cli_nodes;
 pub mod system;

@@ -98,6 +98,13 @@ enum NodesCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Provisions lamps from a CSV file (tenant,zone,latitude,longitude[,rated_power_w]).
+    Import {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,6 +170,20 @@ fn run(cli: Cli) -> Result<()> {
             let store = Store::open(&dir)?;
             let stdout = std::io::stdout();
             store.export_nodes_csv(stdout.lock())?;
+            Ok(())
+        }
+        Command::Nodes {
+            command: NodesCommand::Import { data_dir, file },
+        } => {
+            let dir = match data_dir {
+                Some(d) => d,
+                None => system::default_data_dir()?,
+            };
+            let added = lamplighter::cli_nodes::import(&dir, &file)?;
+            eprintln!(
+                "lamplighter: provisioned {added} new nodes in {}; restart `serve` to control them",
+                dir.display()
+            );
             Ok(())
         }
         Command::Forecast {

@@ -5,9 +5,11 @@
 //! - [`hardware`]: the trait between the core's decisions and a real lamp driver and sensors,
 //!   with a simulated implementation for the demo, tests and the simulator.
 //! - [`agent`]: thin tokio glue that connects one core to an MQTT broker.
+//! - [`config`]: the node's TOML file.
 //!   `lamplighter-edge` (src/main.rs) runs it from a TOML file.
 
 pub mod agent;
+pub mod config;
 pub mod core;
 pub mod hardware;
 

@@ -28,12 +28,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use lamplighter_edge::agent::{run_node, MqttLink, NodeProbe};
-use lamplighter_edge::core::{NodeConfig, NodeCore};
+use lamplighter_edge::agent::{run_node, NodeProbe};
+use lamplighter_edge::config::EdgeConfig;
+use lamplighter_edge::core::NodeCore;
 use lamplighter_edge::hardware::SimulatedLamp;
-use lamplighter_protocol::lorawan::{AesKey, SessionKeys};
 use lamplighter_protocol::time::ScaledClock;
-use lamplighter_protocol::{DevAddr, DevEui, TenantId};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
@@ -48,42 +47,8 @@ struct Cli {
     config: PathBuf,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EdgeConfig {
-    dev_eui: DevEui,
-    dev_addr: DevAddr,
-    nwk_s_key: AesKey,
-    app_s_key: AesKey,
-    latitude: f64,
-    longitude: f64,
-    #[serde(default = "default_power")]
-    rated_power_w: f32,
-    #[serde(default = "default_interval")]
-    report_interval_s: u32,
-    state_file: PathBuf,
-    mqtt: MqttSection,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MqttSection {
-    host: String,
-    port: u16,
-    username: String,
-    password: String,
-    tenant: TenantId,
-}
-
 /// More frames than a node sends between two saves of its state.
 const FCNT_SKIP_ON_START: u32 = 64;
-
-fn default_power() -> f32 {
-    40.0
-}
-fn default_interval() -> u32 {
-    300
-}
 
 /// What the node keeps across restarts: without its FCnt the controller would reject its
 /// frames as replays.
@@ -140,29 +105,13 @@ fn run(cli: Cli) -> Result<()> {
     );
     let state = load_state(&cfg.state_file)?;
     let clock = ScaledClock::system();
-    let mut node = NodeConfig::new(
-        cfg.dev_eui,
-        cfg.dev_addr,
-        SessionKeys {
-            nwk_s_key: cfg.nwk_s_key,
-            app_s_key: cfg.app_s_key,
-        },
-        cfg.latitude,
-        cfg.longitude,
-    );
-    node.report_interval_s = cfg.report_interval_s;
+    let node = cfg.node_config();
     // The state is saved every 10 s; frames sent after the last save would be reused after
     // a crash and rejected as replays, so a restart skips well past them.
     let fcnt_up = state.fcnt_up.wrapping_add(FCNT_SKIP_ON_START);
     let core = NodeCore::new(node, clock.now(), fcnt_up, state.energy_wh);
     let hardware = SimulatedLamp::new(cfg.latitude, cfg.longitude, cfg.rated_power_w);
-    let link = MqttLink {
-        host: cfg.mqtt.host,
-        port: cfg.mqtt.port,
-        username: cfg.mqtt.username,
-        password: cfg.mqtt.password,
-        tenant: cfg.mqtt.tenant,
-    };
+    let link = cfg.mqtt_link();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
