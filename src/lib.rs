@@ -3,4 +3,5 @@
 //! tests start exactly what `demo` and `serve` start.
 
 pub mod cli_nodes;
+pub mod cli_sim;
 pub mod system;

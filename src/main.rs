@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// The simulator.
+    Sim {
+        #[command(subcommand)]
+        command: lamplighter::cli_sim::SimCommand,
+    },
     /// Demand forecasting.
     Forecast {
         #[command(subcommand)]
@@ -154,6 +159,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => runtime()?.block_on(demo(args)),
+        Command::Sim { command } => runtime()?.block_on(lamplighter::cli_sim::run(command)),
         Command::Serve(args) => runtime()?.block_on(serve(args)),
         Command::Nodes {
             command: NodesCommand::Export { data_dir },

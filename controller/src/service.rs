@@ -185,10 +185,17 @@ pub fn start(
                     Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                         down_logged = false;
                         tracing::info!("controller connected to MQTT; subscribing to uplinks");
-                        if let Err(e) = client.try_subscribe(topics::ALL_UPLINKS, QoS::AtLeastOnce)
-                        {
-                            tracing::error!(error = %e, "cannot subscribe to uplinks");
-                        }
+                        // The request queue may be full of commands; wait for room in a task
+                        // of its own, since this one must keep polling to make that room.
+                        let client = client.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = client
+                                .subscribe(topics::ALL_UPLINKS, QoS::AtLeastOnce)
+                                .await
+                            {
+                                tracing::error!(error = %e, "cannot subscribe to uplinks");
+                            }
+                        });
                     }
                     Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                         handle
