@@ -40,6 +40,16 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// LoRaWAN tools: decode a frame, bench the gateway path.
+    Lorawan {
+        #[command(subcommand)]
+        command: lamplighter::cli_lorawan::LorawanCommand,
+    },
+    /// LoRaWAN gateways (Semtech UDP) the bridge listens to.
+    Gateways {
+        #[command(subcommand)]
+        command: lamplighter::cli_lorawan::GatewaysCommand,
+    },
     /// The simulator.
     Sim {
         #[command(subcommand)]
@@ -61,6 +71,9 @@ struct DemoArgs {
     mqtt_port: u16,
     #[arg(long, default_value_t = 8080)]
     http_port: u16,
+    /// Run the LoRaWAN gateway bridge (Semtech UDP) on this port (forwarders use 1700).
+    #[arg(long)]
+    udp_port: Option<u16>,
     /// Where the store lives (default: the per-user data directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -158,6 +171,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Lorawan { command } => lamplighter::cli_lorawan::run_lorawan(command),
+        Command::Gateways { command } => lamplighter::cli_lorawan::run_gateways(command),
         Command::Demo(args) => runtime()?.block_on(demo(args)),
         Command::Sim { command } => runtime()?.block_on(lamplighter::cli_sim::run(command)),
         Command::Serve(args) => runtime()?.block_on(serve(args)),
@@ -294,6 +309,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
     };
     config.mqtt_listen.set_port(args.mqtt_port);
     config.http_listen.set_port(args.http_port);
+    config.udp_listen = args
+        .udp_port
+        .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
     config.controller.report_interval_s = args.report_interval_s;
     config.mqtt_max_connections = args.lamps + 64;
     let clock = ScaledClock::starting_at(demo_start(&args.start)?, args.speed);

@@ -29,6 +29,8 @@ pub struct SystemConfig {
     pub mqtt_max_connections: usize,
     /// The dashboard and API.
     pub http_listen: SocketAddr,
+    /// The LoRaWAN gateway bridge (Semtech UDP; forwarders default to port 1700). Off unless set.
+    pub udp_listen: Option<SocketAddr>,
     /// Seconds between the controller's re-decisions of every lamp (real time).
     pub tick_interval_s: f64,
     pub controller: ControllerConfig,
@@ -41,6 +43,7 @@ impl Default for SystemConfig {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             mqtt_max_connections: 20_000,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            udp_listen: None,
             tick_interval_s: 1.0,
             controller: ControllerConfig::default(),
         }
@@ -158,6 +161,21 @@ pub async fn start(
     };
     let broker = lamplighter_broker::start(&broker_config, auth)?;
 
+    let bridge = match config.udp_listen {
+        Some(udp) => Some(
+            crate::lorawan_system::start_bridge(
+                udp,
+                data_dir,
+                &nodes,
+                broker.listen,
+                CONTROLLER_USER,
+                &controller_password,
+                clock,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let (writer, store_thread) = StoreWriter::start(store);
     let (controller, mut tasks) = service::start(
         core,
@@ -178,6 +196,7 @@ pub async fn start(
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
     let source: Arc<dyn LiveSource> = Arc::new(Dashboard(controller.clone()));
+    tasks.extend(bridge.into_iter().flat_map(|b| b.tasks));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = lamplighter_dashboards::serve(listener, source).await {
             tracing::error!(error = %e, "dashboard stopped");

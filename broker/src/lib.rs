@@ -6,7 +6,24 @@
 //! confidentiality or replay protection; the LoRaWAN frames carry those (see
 //! `lamplighter-protocol`). The broker's job is only to keep strangers out and move bytes.
 //!
-//! (The LoRaWAN gateway bridge, Semtech UDP, will live here too.)
+//! The LoRaWAN side lives here too:
+//!
+//! - [`gwmp`]: the Semtech packet-forwarder protocol (GWMP v1/v2), parsing and building.
+//! - [`netserver`]: network-server functions, sans-IO (de-duplication, MIC, FCnt, joins,
+//!   Class A/C and multicast downlinks, duty cycle). Its module docs argue the design.
+//! - [`dutycycle`]: EU868 per-gateway, per-sub-band airtime accounting.
+//! - [`gateways`]: the gateway registry (`lorawan.sqlite` in the data directory).
+//! - [`bridge`]: the UDP socket and the MQTT client around the network server.
+//! - [`simgw`]: a simulated gateway speaking real GWMP over UDP (demo, tests, bench).
+//! - [`external`]: councils' existing networks (ChirpStack v4, The Things Stack v3).
+
+pub mod bridge;
+pub mod dutycycle;
+pub mod external;
+pub mod gateways;
+pub mod gwmp;
+pub mod netserver;
+pub mod simgw;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -111,8 +128,10 @@ pub fn start(config: &BrokerConfig, auth: Authenticator) -> Result<EmbeddedBroke
         })
         .map_err(BrokerError::Thread)?;
 
-    // Wait until the listener is up.
-    for _ in 0..200 {
+    // Wait until the listener is up. (rumqttd logs the probe as an aborted handshake; the
+    // binaries keep rumqttd's per-connection logs off by default for that and for nodes that
+    // drop their connections.)
+    for _ in 0..500 {
         if std::net::TcpStream::connect(listen).is_ok() {
             return Ok(EmbeddedBroker { listen });
         }

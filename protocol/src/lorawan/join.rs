@@ -88,3 +88,171 @@ pub fn decrypt_join_accept(phy: &[u8], app_key: &AesKey) -> Result<JoinAccept, F
         cf_list,
     })
 }
+
+/// Length of a join-request: MHDR, JoinEUI (8), DevEUI (8), DevNonce (2), MIC (4).
+pub const JOIN_REQUEST_LEN: usize = 23;
+
+/// The fields of a join-request (LoRaWAN 1.0.x). EUIs and the nonce in wire order
+/// (little-endian), as [`super::derive_session_keys`] takes the nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// JoinEUI (AppEUI in LoRaWAN 1.0.0-1.0.2).
+    pub join_eui: crate::DevEui,
+    pub dev_eui: crate::DevEui,
+    /// DevNonce, wire order.
+    pub dev_nonce: [u8; 2],
+}
+
+fn cmac4(key: &AesKey, parts: &[&[u8]]) -> [u8; 4] {
+    use aes::Aes128;
+    use cmac::{Cmac, Mac};
+    let mut mac = <Cmac<Aes128> as cmac::digest::KeyInit>::new(
+        generic_array::GenericArray::from_slice(key.as_bytes()),
+    );
+    for p in parts {
+        mac.update(p);
+    }
+    let full = mac.finalize().into_bytes();
+    [full[0], full[1], full[2], full[3]]
+}
+
+/// Builds a join-request PHYPayload, MIC computed with AppKey.
+pub fn encode_join_request(req: &JoinRequest, app_key: &AesKey) -> Vec<u8> {
+    let mut phy = Vec::with_capacity(JOIN_REQUEST_LEN);
+    phy.push(MType::JoinRequest.mhdr());
+    phy.extend_from_slice(&req.join_eui.to_wire());
+    phy.extend_from_slice(&req.dev_eui.to_wire());
+    phy.extend_from_slice(&req.dev_nonce);
+    let mic = cmac4(app_key, &[&phy]);
+    phy.extend_from_slice(&mic);
+    phy
+}
+
+/// Reads a join-request without keys (the network server needs the DevEUI to find the
+/// AppKey). Checks MType, Major and the exact length of 23 bytes.
+pub fn peek_join_request(phy: &[u8]) -> Result<JoinRequest, FrameError> {
+    let len = phy.len();
+    let mhdr = *phy.first().ok_or(FrameError::TooShort { len })?;
+    let mtype = MType::from_mhdr(mhdr);
+    if mtype != MType::JoinRequest {
+        return Err(FrameError::Malformed(format!(
+            "{mtype:?} is not a join-request"
+        )));
+    }
+    if mhdr & 0x03 != 0 {
+        return Err(FrameError::UnsupportedMajor(mhdr & 0x03));
+    }
+    if len < JOIN_REQUEST_LEN {
+        return Err(FrameError::TooShort { len });
+    }
+    if len > JOIN_REQUEST_LEN {
+        return Err(FrameError::TooLong { len });
+    }
+    let eui = |r: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&phy[r]);
+        crate::DevEui::from_wire(b)
+    };
+    Ok(JoinRequest {
+        join_eui: eui(1..9),
+        dev_eui: eui(9..17),
+        dev_nonce: [phy[17], phy[18]],
+    })
+}
+
+/// Checks a join-request's shape and MIC (AES-CMAC with AppKey over MHDR..DevNonce).
+pub fn decode_join_request(phy: &[u8], app_key: &AesKey) -> Result<JoinRequest, FrameError> {
+    let req = peek_join_request(phy)?;
+    let mic = cmac4(app_key, &[&phy[..19]]);
+    if mic != phy[19..23] {
+        return Err(FrameError::BadMic);
+    }
+    Ok(req)
+}
+
+/// Builds a join-accept PHYPayload as a network server sends it: MIC = AES-CMAC(AppKey,
+/// MHDR | JoinNonce | NetID | DevAddr | DLSettings | RxDelay | CFList), then everything after
+/// MHDR (fields and MIC) run through AES-128 *decryption* with AppKey, block by block, so the
+/// device only needs AES encryption to open it (LoRaWAN 1.0.x, 6.2.5).
+pub fn encode_join_accept(ja: &JoinAccept, app_key: &AesKey) -> Vec<u8> {
+    use aes::cipher::{BlockDecrypt, KeyInit};
+    let mut plain = Vec::with_capacity(JOIN_ACCEPT_CF_LIST_LEN);
+    plain.push(MType::JoinAccept.mhdr());
+    plain.extend_from_slice(&ja.join_nonce);
+    plain.extend_from_slice(&ja.net_id);
+    plain.extend_from_slice(&ja.dev_addr.to_wire());
+    plain.push(ja.dl_settings);
+    plain.push(ja.rx_delay);
+    if let Some(cf) = &ja.cf_list {
+        plain.extend_from_slice(cf);
+    }
+    let mic = cmac4(app_key, &[&plain]);
+    plain.extend_from_slice(&mic);
+    let cipher = aes::Aes128::new(generic_array::GenericArray::from_slice(app_key.as_bytes()));
+    for chunk in plain[1..].chunks_exact_mut(16) {
+        cipher.decrypt_block(generic_array::GenericArray::from_mut_slice(chunk));
+    }
+    plain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DevEui;
+
+    fn app_key() -> AesKey {
+        "00112233445566778899aabbccddeeff".parse().unwrap()
+    }
+
+    #[test]
+    fn join_accept_builds_the_published_vector_and_opens_again() {
+        // shared/lorawan/vectors.json "lorawan-encoding-join-accept".
+        let ja = JoinAccept {
+            join_nonce: [0xc7, 0x0b, 0x57],
+            net_id: [0x01, 0x11, 0x22],
+            dev_addr: "02031980".parse().unwrap(),
+            dl_settings: 0,
+            rx_delay: 0,
+            cf_list: None,
+        };
+        let phy = encode_join_accept(&ja, &app_key());
+        assert_eq!(hex::encode(&phy), "20493eeb51fba2116f810edb3742975142");
+        assert_eq!(decrypt_join_accept(&phy, &app_key()).unwrap(), ja);
+
+        let with_cf = JoinAccept {
+            cf_list: Some([7u8; 16]),
+            ..ja
+        };
+        let phy = encode_join_accept(&with_cf, &app_key());
+        assert_eq!(phy.len(), JOIN_ACCEPT_CF_LIST_LEN);
+        assert_eq!(decrypt_join_accept(&phy, &app_key()).unwrap(), with_cf);
+        let other: AesKey = "00112233445566778899aabbccddeefe".parse().unwrap();
+        assert_eq!(decrypt_join_accept(&phy, &other), Err(FrameError::BadMic));
+    }
+
+    #[test]
+    fn join_request_round_trips_and_checks_its_mic() {
+        let req = JoinRequest {
+            join_eui: DevEui(0x70B3_D57E_D000_0001),
+            dev_eui: DevEui(0x0004_A30B_001C_0530),
+            dev_nonce: [0x2d, 0x10],
+        };
+        let phy = encode_join_request(&req, &app_key());
+        assert_eq!(phy.len(), JOIN_REQUEST_LEN);
+        assert_eq!(phy[0], 0x00);
+        assert_eq!(peek_join_request(&phy).unwrap(), req);
+        assert_eq!(decode_join_request(&phy, &app_key()).unwrap(), req);
+        let mut bad = phy.clone();
+        bad[17] ^= 1;
+        assert_eq!(
+            decode_join_request(&bad, &app_key()),
+            Err(FrameError::BadMic)
+        );
+        assert!(peek_join_request(&phy[..22]).is_err());
+        assert!(peek_join_request(&[phy.clone(), vec![0]].concat()).is_err());
+        assert!(peek_join_request(&[]).is_err());
+        let mut data = phy;
+        data[0] = 0x40;
+        assert!(peek_join_request(&data).is_err());
+    }
+}

@@ -85,12 +85,17 @@
 
 mod crypto;
 mod join;
+pub mod radio;
 
 pub use crypto::{
     derive_session_keys, Aes128Block, Aes128Cmac, AesKey, AesKeyError, RustCryptoFactory,
     SessionKeys,
 };
-pub use join::{decrypt_join_accept, JoinAccept, JOIN_ACCEPT_CF_LIST_LEN, JOIN_ACCEPT_LEN};
+pub use join::{
+    decode_join_request, decrypt_join_accept, encode_join_accept, encode_join_request,
+    peek_join_request, JoinAccept, JoinRequest, JOIN_ACCEPT_CF_LIST_LEN, JOIN_ACCEPT_LEN,
+    JOIN_REQUEST_LEN,
+};
 
 use lorawan_encoding::creator::DataPayloadCreator;
 use lorawan_encoding::maccommands::SerializableMacCommand;
