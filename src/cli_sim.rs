@@ -1,5 +1,10 @@
 //! `lamplighter sim ...`: the simulator from the command line.
 //!
+//! `sim run` is planning mode: a town (a folder of real data, or `procedural:N`) under one
+//! or all policies for N days in virtual time, deterministic for the seed, with a JSON report
+//! and an offline HTML report. `sim bench` times planning mode on Cambridge and a 72,000-lamp
+//! town and prints JSON.
+//!
 //! `sim live` runs the provisioned nodes of a data directory as simulated lamps in this
 //! process, connected over real MQTT to a running `lamplighter serve`, and prints one JSON
 //! object: messages per second and the presence-to-command latency measured at the nodes.
@@ -130,14 +135,127 @@ pub async fn live(args: LiveArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Args)]
+pub struct RunArgs {
+    /// A town folder (Cambridge's GeoJSON, a points CSV such as Bristol's) or
+    /// `procedural:LAMPS`.
+    #[arg(long)]
+    pub town: String,
+    /// A policy name, or `all`.
+    #[arg(long, default_value = "all")]
+    pub policy: String,
+    #[arg(long, default_value_t = 1)]
+    pub days: u32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the JSON report here (default: stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an HTML report with charts into this folder.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Electricity tariff, GBP per kWh.
+    #[arg(long, default_value_t = 0.294)]
+    pub tariff_gbp_per_kwh: f64,
+    /// Grid carbon factor, kg CO2e per kWh.
+    #[arg(long, default_value_t = 0.20705)]
+    pub carbon_kg_per_kwh: f64,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Lamps in the procedural town (Glasgow has about 72,000).
+    #[arg(long, default_value_t = 72_000)]
+    pub lamps: usize,
+    #[arg(long, default_value = "adaptive")]
+    pub policy: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
 #[derive(clap::Subcommand)]
 pub enum SimCommand {
+    /// Planning mode: compare policies on a town in virtual time.
+    Run(RunArgs),
+    /// Times planning mode on Cambridge and a large procedural town; prints JSON.
+    Bench(BenchArgs),
     /// Simulated nodes from a data directory, over real MQTT, against a running `serve`.
     Live(LiveArgs),
 }
 
 pub async fn run(command: SimCommand) -> Result<()> {
     match command {
+        SimCommand::Run(args) => tokio::task::spawn_blocking(move || plan(args)).await?,
+        SimCommand::Bench(args) => tokio::task::spawn_blocking(move || bench(args)).await?,
         SimCommand::Live(args) => live(args).await,
     }
+}
+
+fn plan(args: RunArgs) -> Result<()> {
+    use lamplighter_simulator::plan::{self, PlanOptions, TownSource};
+    anyhow::ensure!(
+        args.days >= 1 && args.days <= 366,
+        "--days must be 1 to 366"
+    );
+    anyhow::ensure!(
+        args.tariff_gbp_per_kwh >= 0.0 && args.carbon_kg_per_kwh >= 0.0,
+        "--tariff-gbp-per-kwh and --carbon-kg-per-kwh must not be negative"
+    );
+    let town = match args.town.strip_prefix("procedural:") {
+        Some(n) => TownSource::Procedural {
+            lamps: n
+                .parse()
+                .with_context(|| format!("--town procedural:N needs a number, got {n:?}"))?,
+            seed: args.seed,
+        },
+        None => TownSource::Path(PathBuf::from(&args.town)),
+    };
+    let opts = PlanOptions {
+        town,
+        policies: vec![args.policy.clone()],
+        days: args.days,
+        seed: args.seed,
+        tariff_gbp_per_kwh: args.tariff_gbp_per_kwh,
+        carbon_kg_per_kwh: args.carbon_kg_per_kwh,
+        ..PlanOptions::default()
+    };
+    let started = Instant::now();
+    let mut last_shown = 0.0;
+    let mut progress = |done: f64| {
+        // A progress line on stderr for runs that take more than a moment.
+        if started.elapsed() > Duration::from_secs(2) && done - last_shown >= 0.05 {
+            last_shown = done;
+            eprint!("\rsimulating: {:>3.0} %", done * 100.0);
+        }
+    };
+    let report = plan::run(&opts, &mut progress)?;
+    if last_shown > 0.0 {
+        eprintln!();
+    }
+    let json = report.to_json();
+    match &args.json {
+        Some(path) => std::fs::write(path, &json)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => println!("{json}"),
+    }
+    if let Some(dir) = &args.report {
+        plan::write_html_report(&report, dir)?;
+        eprintln!(
+            "lamplighter: report written to {}",
+            dir.join("report.html").display()
+        );
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    use lamplighter_simulator::plan::{self, BenchOptions};
+    let opts = BenchOptions {
+        procedural_lamps: args.lamps,
+        procedural_policy: args.policy,
+        seed: args.seed,
+        ..BenchOptions::default()
+    };
+    println!("{}", plan::bench(&opts));
+    Ok(())
 }

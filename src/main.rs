@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use lamplighter_controller::core::policy::{PolicyConfig, POLICY_NAMES};
+use lamplighter_controller::core::ZoneParams;
 use lamplighter_controller::store::{NewNode, Store};
 use lamplighter_protocol::time::ScaledClock;
 use lamplighter_protocol::{sun, LampId, TenantId, UnixMs};
@@ -93,6 +95,9 @@ struct DemoArgs {
     /// Seed of the town's layout and its road users.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The lighting policy: profile-reactive, full, part-night, reactive or adaptive.
+    #[arg(long, default_value = "profile-reactive")]
+    policy: String,
 }
 
 #[derive(Args)]
@@ -313,6 +318,24 @@ async fn demo(args: DemoArgs) -> Result<()> {
         .udp_port
         .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
     config.controller.report_interval_s = args.report_interval_s;
+    config.controller.policy = PolicyConfig::named(&args.policy).with_context(|| {
+        format!(
+            "unknown policy {:?}; known: {}",
+            args.policy,
+            POLICY_NAMES.join(", ")
+        )
+    })?;
+    // The town's roads give each zone its design class and capacity (for `adaptive`).
+    config.controller.zones = town
+        .zones
+        .iter()
+        .map(|z| ZoneParams {
+            tenant: Some(tenant.clone()),
+            zone: z.id,
+            design_class: z.design_class,
+            capacity_per_h: z.capacity_per_h,
+        })
+        .collect();
     config.mqtt_max_connections = args.lamps + 64;
     let clock = ScaledClock::starting_at(demo_start(&args.start)?, args.speed);
     let (system, nodes) = system::start(&config, &data_dir, clock).await?;
@@ -356,6 +379,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         data_dir.display()
     );
 
+    let started = std::time::Instant::now();
     match args.run_for {
         Some(d) => tokio::time::sleep(d).await,
         None => {
@@ -364,11 +388,33 @@ async fn demo(args: DemoArgs) -> Result<()> {
                 .context("cannot wait for Ctrl-C")?;
         }
     }
+    let wall_s = started.elapsed().as_secs_f64();
     let summary = system.controller.summary(None);
+    let latency = town.latency();
     town.stop();
     system.shutdown().await;
     if args.run_for.is_some() {
-        println!("{}", serde_json::to_string(&summary)?);
+        let mut line = serde_json::to_value(&summary)?;
+        if let Some(obj) = line.as_object_mut() {
+            obj.insert("wall_s".into(), wall_s.into());
+            obj.insert("speed".into(), args.speed.into());
+            obj.insert(
+                "uplinks_per_s".into(),
+                (summary.uplinks as f64 / wall_s).into(),
+            );
+            // The nodes time commands on the scaled clock; divide by the speed for real time.
+            let wall_ms = |ms: u64| ms as f64 / args.speed;
+            obj.insert(
+                "presence_to_command_wall_ms".into(),
+                serde_json::json!({
+                    "samples": latency.samples,
+                    "p50": wall_ms(latency.p50_ms),
+                    "p99": wall_ms(latency.p99_ms),
+                    "max": wall_ms(latency.max_ms),
+                }),
+            );
+        }
+        println!("{line}");
     }
     Ok(())
 }

@@ -9,9 +9,22 @@
 //! ready-to-publish frames, and everything worth keeping through
 //! [`ControllerCore::poll_event`] for the store.
 //!
+//! Demand: every accepted report's presence counts go to its zone ([`demand`]), which counts
+//! them into fixed intervals, feeds one forecaster per road-user mode and keeps the lighting
+//! class the demand calls for ([`classes`]); the policy ([`policy`]) turns that class, the
+//! presence bubbles, overrides and the time of night into each lamp's level and the reason
+//! for it. [`ControllerCore::zones`] shows each zone's class, demand and forecast.
+//!
+//! Zones' roads (design class and capacity) come from [`ControllerConfig::zones`], with
+//! [`ControllerConfig::zone_default`] for zones not listed; they live in the configuration
+//! rather than in the store because they describe roads, which a council edits as a table,
+//! not nodes.
+//!
 //! Nothing here reads a clock or touches a socket, so the simulator drives this same code in
 //! virtual time.
 
+pub mod classes;
+pub mod demand;
 pub mod policy;
 mod spatial;
 
@@ -25,7 +38,9 @@ use lamplighter_protocol::topics::{self, Topic, TopicError};
 use lamplighter_protocol::{sun, DevAddr, DevEui, LampId, TenantId, UnixMs, ZoneId};
 use serde::{Deserialize, Serialize};
 
-use policy::{Decision, LampSituation, Override, PolicyConfig, Reason};
+use demand::ZoneState;
+pub use demand::{ZoneDemandView, ZoneParams, ZoneRoad};
+use policy::{Decision, LampSituation, Override, PolicyConfig, PolicyError, Reason};
 
 /// A node as provisioned in the store: identity, keys, place, and the counters that protect
 /// its session from replays across restarts.
@@ -62,6 +77,10 @@ pub struct ControllerConfig {
     /// Resend when a node reports a target other than the commanded level this long after
     /// the command (it was lost, or the node restarted).
     pub reconcile_after_s: u32,
+    /// The road of every zone not listed in `zones`.
+    pub zone_default: ZoneRoad,
+    /// Each zone's road: design class and capacity (`[[controller.zones]]`).
+    pub zones: Vec<ZoneParams>,
 }
 
 impl Default for ControllerConfig {
@@ -72,7 +91,68 @@ impl Default for ControllerConfig {
             offline_after_reports: 3,
             refresh_s: 300,
             reconcile_after_s: 15,
+            zone_default: ZoneRoad::default(),
+            zones: Vec::new(),
         }
+    }
+}
+
+/// Why a [`ControllerConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("{what}: capacity_per_h must be a positive number, got {got}")]
+    Capacity { what: String, got: f64 },
+    #[error("zone {zone} is listed twice in zones")]
+    DuplicateZone { zone: String },
+    #[error("report_interval_s and offline_after_reports must be positive")]
+    Reporting,
+}
+
+impl ControllerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.policy.validate()?;
+        if self.report_interval_s == 0 || self.offline_after_reports == 0 {
+            return Err(ConfigError::Reporting);
+        }
+        let capacity_ok = |c: f64| c.is_finite() && c > 0.0;
+        if !capacity_ok(self.zone_default.capacity_per_h) {
+            return Err(ConfigError::Capacity {
+                what: "zone_default".into(),
+                got: self.zone_default.capacity_per_h,
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for z in &self.zones {
+            let name = match &z.tenant {
+                Some(t) => format!("{t}/{}", z.zone.0),
+                None => z.zone.0.to_string(),
+            };
+            if !capacity_ok(z.capacity_per_h) {
+                return Err(ConfigError::Capacity {
+                    what: format!("zone {name}"),
+                    got: z.capacity_per_h,
+                });
+            }
+            if !seen.insert((z.tenant.clone(), z.zone)) {
+                return Err(ConfigError::DuplicateZone { zone: name });
+            }
+        }
+        Ok(())
+    }
+
+    /// The road of a tenant's zone: its own entry, else the entry for every tenant, else
+    /// the default.
+    pub fn zone_road(&self, tenant: &TenantId, zone: ZoneId) -> ZoneRoad {
+        let entry = |t: Option<&TenantId>| {
+            self.zones
+                .iter()
+                .find(|z| z.zone == zone && z.tenant.as_ref() == t)
+        };
+        entry(Some(tenant))
+            .or_else(|| entry(None))
+            .map_or(self.zone_default, ZoneParams::road)
     }
 }
 
@@ -176,6 +256,10 @@ struct LampState {
     bubble_until: Option<UnixMs>,
     override_: Option<Override>,
     commanded: Option<Commanded>,
+    /// Index of the lamp's zone in the core.
+    zone: usize,
+    /// The demand interval this lamp last reported in.
+    counted_interval: Option<u64>,
     /// Energy counted since this controller started.
     energy_wh: f64,
     presence_total: u64,
@@ -236,6 +320,9 @@ pub struct ZoneView {
     pub presence_total: u64,
     /// Lamps per reason of their current command.
     pub reasons: BTreeMap<&'static str, usize>,
+    /// The class in force, demand and forecast (flattened into the zone's JSON).
+    #[serde(flatten)]
+    pub demand: ZoneDemandView,
 }
 
 pub struct ControllerCore {
@@ -244,18 +331,21 @@ pub struct ControllerCore {
     by_addr: HashMap<DevAddr, usize>,
     by_lamp: HashMap<LampId, usize>,
     neighbours: Vec<Vec<usize>>,
+    zones: Vec<ZoneState>,
     outbox: VecDeque<Outgoing>,
     events: VecDeque<Event>,
     counters: Counters,
     rejected_by_kind: BTreeMap<&'static str, u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProvisionError {
     #[error("DevAddr {0} is provisioned twice")]
     DuplicateDevAddr(DevAddr),
     #[error("lamp {0} is provisioned twice")]
     DuplicateLamp(LampId),
+    #[error("invalid controller config: {0}")]
+    Config(#[from] ConfigError),
 }
 
 impl ControllerCore {
@@ -263,6 +353,7 @@ impl ControllerCore {
         config: ControllerConfig,
         nodes: Vec<ProvisionedNode>,
     ) -> Result<Self, ProvisionError> {
+        config.validate()?;
         let mut by_addr = HashMap::with_capacity(nodes.len());
         let mut by_lamp = HashMap::with_capacity(nodes.len());
         for (i, n) in nodes.iter().enumerate() {
@@ -281,16 +372,30 @@ impl ControllerCore {
             config.policy.bubble_radius_m,
             config.policy.bubble_neighbours,
         );
+        let mut zones: Vec<ZoneState> = Vec::new();
+        let mut zone_index: BTreeMap<(TenantId, ZoneId), usize> = BTreeMap::new();
         let lamps = nodes
             .into_iter()
-            .map(|node| LampState {
-                node,
-                last_report: None,
-                bubble_until: None,
-                override_: None,
-                commanded: None,
-                energy_wh: 0.0,
-                presence_total: 0,
+            .enumerate()
+            .map(|(i, node)| {
+                let key = (node.tenant.clone(), node.zone);
+                let zone = *zone_index.entry(key).or_insert_with(|| {
+                    let road = config.zone_road(&node.tenant, node.zone);
+                    zones.push(ZoneState::new(road, &config.policy));
+                    zones.len() - 1
+                });
+                zones[zone].lamps.push(i);
+                LampState {
+                    node,
+                    last_report: None,
+                    bubble_until: None,
+                    override_: None,
+                    commanded: None,
+                    zone,
+                    counted_interval: None,
+                    energy_wh: 0.0,
+                    presence_total: 0,
+                }
             })
             .collect();
         Ok(ControllerCore {
@@ -299,6 +404,7 @@ impl ControllerCore {
             by_addr,
             by_lamp,
             neighbours,
+            zones,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -401,6 +507,7 @@ impl ControllerCore {
         lamp.presence_total += report.presence.total() as u64;
         lamp.last_report = Some((now, report));
         let id = lamp.node.lamp;
+        let class_changed = self.count_demand(now, i, &report);
         self.events.push_back(Event::Reading {
             lamp: id,
             received: now,
@@ -421,7 +528,32 @@ impl ControllerCore {
         } else {
             self.reconcile(now, i, &report);
         }
+        if class_changed {
+            self.decide_zone(now, self.lamps[i].zone);
+        }
         Ok(id)
+    }
+
+    /// Counts a report's presence into its zone's interval. Returns whether the class the
+    /// zone's lamps are lit for changed (it rose, or the zone's demand became known).
+    fn count_demand(&mut self, now: UnixMs, i: usize, report: &StatusReport) -> bool {
+        let policy = &self.config.policy;
+        let z = self.lamps[i].zone;
+        let zone = &mut self.zones[z];
+        let was_known = zone.demand_known(now, policy);
+        let mut changed = zone.advance(now, policy);
+        let interval = zone.interval();
+        let first = self.lamps[i].counted_interval != interval;
+        self.lamps[i].counted_interval = interval;
+        changed |= zone.count(now, report.presence, first, policy);
+        changed || !was_known
+    }
+
+    fn decide_zone(&mut self, now: UnixMs, z: usize) {
+        for k in 0..self.zones[z].lamps.len() {
+            let j = self.zones[z].lamps[k];
+            self.decide_lamp(now, j);
+        }
     }
 
     /// A node that reports a target other than what we commanded, long enough after the
@@ -440,8 +572,11 @@ impl ControllerCore {
         }
     }
 
-    /// Time passed: re-decide every lamp.
+    /// Time passed: end the demand intervals that are over, then re-decide every lamp.
     pub fn handle_tick(&mut self, now: UnixMs) {
+        for zone in &mut self.zones {
+            zone.advance(now, &self.config.policy);
+        }
         for i in 0..self.lamps.len() {
             self.decide_lamp(now, i);
         }
@@ -472,6 +607,7 @@ impl ControllerCore {
             dark: sun::is_dark(lamp.node.lat, lamp.node.lon, now),
             bubble_until: lamp.bubble_until,
             override_: lamp.override_,
+            class: self.zones[lamp.zone].class_in_force(now, &cfg.policy),
         };
         let Decision { level_pct, reason } = policy::decide(&cfg.policy, &situation);
         let refresh_due = lamp
@@ -653,6 +789,7 @@ impl ControllerCore {
                         energy_wh: 0.0,
                         presence_total: 0,
                         reasons: BTreeMap::new(),
+                        demand: self.zones[l.zone].view(now, &self.config.policy),
                     },
                     0.0,
                 )

@@ -1,45 +1,113 @@
 //! The lighting policy: a lamp's situation in, a level and the reason for it out.
 //!
-//! This first policy is what councils call a part-night profile made reactive: while it is
-//! dark each lamp follows a time-of-night profile, and when a node detects a road user that
-//! lamp and its neighbours rise to the bubble level at once, hold it, then fall back. An
-//! operator override wins over both until it expires. Rises are fast and falls slow, so a
-//! road user never walks into a lamp that is still dimming down.
+//! One function, [`decide`], serves every policy; a [`PolicyConfig`] says which rules apply.
+//! In order, the first that applies wins:
+//!
+//! 1. **Override**: an operator's level until it expires (even by day).
+//! 2. **Daylight**: lamps off.
+//! 3. **Presence** (when `reactive`): a road user detected at this lamp or a neighbour raises
+//!    the lamp to the bubble level at once, held for `bubble_hold_s`, then released. Never
+//!    below the class in force or the minimum.
+//! 4. **Class** (when `adaptive`): the level at which the lamp, designed for its zone's design
+//!    class at 100 %, meets the class the zone's demand calls for now ([`ClassInForce`], chosen
+//!    by [`super::classes`] from measured demand and the forecast), reason `schedule` (the class
+//!    for this period) or `forecast` (raised ahead of demand the forecast's upper quantile
+//!    expects within the lead time). When the zone's demand is unknown (no report from its
+//!    lamps for `demand_stale_s`), the fail-safe floor: the night profile, which for
+//!    `adaptive` is the part-night profile the nodes themselves fall back to, reason
+//!    `fail-safe`.
+//! 5. **Schedule** (otherwise): the time-of-night profile.
+//!
+//! While dark nothing but an override goes below `min_level_pct`. Ramps are bounded rates:
+//! a full 0-100 % rise takes `ramp_up_ms`, a full fall `ramp_down_ms`, and smaller changes
+//! proportionally less ([`ramp_ms`]), so light rises fast and falls slowly and a road user never
+//! walks into a lamp that is still dimming down.
+//!
+//! # Named policies
+//!
+//! [`POLICY_NAMES`], selectable by `name` in `[controller.policy]` (other keys there override
+//! the named policy's values) and by the simulator's planning mode:
+//!
+//! | name | while dark |
+//! |---|---|
+//! | `profile-reactive` (default) | a dimmed night profile (70/50/30 %) with presence bubbles |
+//! | `full` | 100 % dusk to dawn |
+//! | `part-night` | 100 % to 22:00, 75 % to 00:00, 50 % to 05:30, 100 % to dawn |
+//! | `reactive` | the minimum level, presence bubbles |
+//! | `adaptive` | the class the demand calls for (CEN/TR 13201-1, UNI 11248), raised ahead of forecast demand, presence bubbles, part-night when demand is unknown |
+//!
+//! `profile-reactive` stays the default so that a deployment without zone parameters
+//! (`[[controller.zones]]`: design class and capacity) keeps its behaviour; `adaptive` needs
+//! them to be right.
 
 use lamplighter_protocol::payload::ProfileStep;
-use lamplighter_protocol::UnixMs;
+use lamplighter_protocol::{LightingClass, UnixMs};
 use serde::{Deserialize, Serialize};
 
+use super::classes::{self, TrafficStep};
+
+/// A policy. Deserialised from `[controller.policy]`: `name` picks a named policy (default
+/// `profile-reactive`) and every other key overrides that policy's value.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "PolicyToml")]
 pub struct PolicyConfig {
-    /// Levels while dark, by local time of day (wrapping at midnight).
+    /// The named policy this one starts from (see [`POLICY_NAMES`]).
+    pub name: String,
+    /// Levels while dark, by local time of day (wrapping at midnight). For `adaptive` the
+    /// fail-safe floor used while a zone's demand is unknown.
     pub night_profile: Vec<ProfileStep>,
-    /// Local time offset from UTC for the profile, minutes.
+    /// Local time offset from UTC for the profile and the forecasters, minutes.
     pub utc_offset_min: i32,
-    /// No lamp is commanded below this while it is dark.
+    /// No lamp is commanded below this while it is dark (overrides aside).
     pub min_level_pct: u8,
     /// Level of the presence bubble.
     pub bubble_level_pct: u8,
     /// How long the bubble holds after the last detection.
     pub bubble_hold_s: u32,
     /// Neighbours within this distance join the bubble.
-    pub bubble_radius_m: f64,
-    /// At most this many neighbours, nearest first.
     pub bubble_neighbours: usize,
+    pub bubble_radius_m: f64,
+    /// Duration of a full 0-100 % rise; smaller rises take proportionally less.
     pub ramp_up_ms: u32,
+    /// Duration of a full 100-0 % fall; smaller falls take proportionally less.
     pub ramp_down_ms: u32,
     /// Whether presence detections raise a bubble (off for the static baselines).
     pub reactive: bool,
+    /// Whether the dark level follows the class the zone's demand calls for.
+    pub adaptive: bool,
+    /// Length of a demand interval (presence counted, forecasters fed, class re-evaluated).
+    pub interval_s: u32,
+    /// Consecutive intervals that must call for a dimmer class before it is taken.
+    pub confirm_intervals: u8,
+    /// Brighten now when the forecast's upper quantile calls for a brighter class within
+    /// this time (0: measured demand only).
+    pub forecast_lead_s: u32,
+    /// The traffic-volume weighting: classes below the design class by share of capacity.
+    pub traffic_steps: Vec<TrafficStep>,
+    /// A zone none of whose lamps reported for this long has unknown demand.
+    pub demand_stale_s: u32,
+}
+
+fn step(h: u16, m: u16, level_pct: u8) -> ProfileStep {
+    ProfileStep {
+        minute_of_day: h * 60 + m,
+        level_pct,
+    }
+}
+
+fn part_night_profile() -> Vec<ProfileStep> {
+    vec![
+        step(0, 0, 50),
+        step(5, 30, 100),
+        step(12, 0, 100),
+        step(22, 0, 75),
+    ]
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        let step = |h: u16, m: u16, level_pct| ProfileStep {
-            minute_of_day: h * 60 + m,
-            level_pct,
-        };
         PolicyConfig {
+            name: "profile-reactive".to_string(),
             night_profile: vec![
                 step(0, 0, 30),
                 step(5, 30, 70),
@@ -55,24 +123,32 @@ impl Default for PolicyConfig {
             ramp_up_ms: 1_000,
             ramp_down_ms: 20_000,
             reactive: true,
+            adaptive: false,
+            interval_s: 600,
+            confirm_intervals: 2,
+            forecast_lead_s: 1_200,
+            traffic_steps: classes::uni_11248_steps(),
+            demand_stale_s: 1_800,
         }
     }
 }
 
 /// The policies a deployment or a simulation run can choose by name.
-pub const POLICY_NAMES: &[&str] = &["profile-reactive", "full", "part-night", "reactive"];
+pub const POLICY_NAMES: &[&str] = &[
+    "profile-reactive",
+    "full",
+    "part-night",
+    "reactive",
+    "adaptive",
+];
 
 impl PolicyConfig {
-    /// A named policy: `profile-reactive` (the default: a dimmed night profile with presence
-    /// bubbles), `full` (100 % dusk to dawn), `part-night` (UK practice: 100 % to 22:00, 75 %
-    /// to midnight, 50 % to 05:30, 100 % to dawn), `reactive` (the minimum level until
-    /// presence).
+    /// A named policy (see the module documentation), or `None` for an unknown name.
     pub fn named(name: &str) -> Option<PolicyConfig> {
-        let step = |h: u16, m: u16, level_pct| ProfileStep {
-            minute_of_day: h * 60 + m,
-            level_pct,
+        let base = PolicyConfig {
+            name: name.to_string(),
+            ..PolicyConfig::default()
         };
-        let base = PolicyConfig::default();
         Some(match name {
             "profile-reactive" => base,
             "full" => PolicyConfig {
@@ -81,12 +157,7 @@ impl PolicyConfig {
                 ..base
             },
             "part-night" => PolicyConfig {
-                night_profile: vec![
-                    step(0, 0, 50),
-                    step(5, 30, 100),
-                    step(12, 0, 100),
-                    step(22, 0, 75),
-                ],
+                night_profile: part_night_profile(),
                 reactive: false,
                 ..base
             },
@@ -94,13 +165,72 @@ impl PolicyConfig {
                 night_profile: vec![step(0, 0, base.min_level_pct)],
                 ..base
             },
+            "adaptive" => PolicyConfig {
+                night_profile: part_night_profile(),
+                adaptive: true,
+                ..base
+            },
             _ => return None,
         })
     }
 }
 
+/// `[controller.policy]` as written: every key optional, `name` picks the base.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyToml {
+    name: Option<String>,
+    night_profile: Option<Vec<ProfileStep>>,
+    utc_offset_min: Option<i32>,
+    min_level_pct: Option<u8>,
+    bubble_level_pct: Option<u8>,
+    bubble_hold_s: Option<u32>,
+    bubble_neighbours: Option<usize>,
+    bubble_radius_m: Option<f64>,
+    ramp_up_ms: Option<u32>,
+    ramp_down_ms: Option<u32>,
+    reactive: Option<bool>,
+    adaptive: Option<bool>,
+    interval_s: Option<u32>,
+    confirm_intervals: Option<u8>,
+    forecast_lead_s: Option<u32>,
+    traffic_steps: Option<Vec<TrafficStep>>,
+    demand_stale_s: Option<u32>,
+}
+
+impl TryFrom<PolicyToml> for PolicyConfig {
+    type Error = PolicyError;
+    fn try_from(t: PolicyToml) -> Result<Self, PolicyError> {
+        let name = t.name.unwrap_or_else(|| "profile-reactive".to_string());
+        let b = PolicyConfig::named(&name).ok_or(PolicyError::UnknownName(name))?;
+        let c = PolicyConfig {
+            name: b.name,
+            night_profile: t.night_profile.unwrap_or(b.night_profile),
+            utc_offset_min: t.utc_offset_min.unwrap_or(b.utc_offset_min),
+            min_level_pct: t.min_level_pct.unwrap_or(b.min_level_pct),
+            bubble_level_pct: t.bubble_level_pct.unwrap_or(b.bubble_level_pct),
+            bubble_hold_s: t.bubble_hold_s.unwrap_or(b.bubble_hold_s),
+            bubble_neighbours: t.bubble_neighbours.unwrap_or(b.bubble_neighbours),
+            bubble_radius_m: t.bubble_radius_m.unwrap_or(b.bubble_radius_m),
+            ramp_up_ms: t.ramp_up_ms.unwrap_or(b.ramp_up_ms),
+            ramp_down_ms: t.ramp_down_ms.unwrap_or(b.ramp_down_ms),
+            reactive: t.reactive.unwrap_or(b.reactive),
+            adaptive: t.adaptive.unwrap_or(b.adaptive),
+            interval_s: t.interval_s.unwrap_or(b.interval_s),
+            confirm_intervals: t.confirm_intervals.unwrap_or(b.confirm_intervals),
+            forecast_lead_s: t.forecast_lead_s.unwrap_or(b.forecast_lead_s),
+            traffic_steps: t.traffic_steps.unwrap_or(b.traffic_steps),
+            demand_stale_s: t.demand_stale_s.unwrap_or(b.demand_stale_s),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum PolicyError {
+    #[error("unknown policy {0:?}; known: {known}", known = POLICY_NAMES.join(", "))]
+    UnknownName(String),
     #[error("night_profile needs 1 to 8 steps with minute_of_day < 1440 and level_pct <= 100")]
     Profile,
     #[error("{field} must be at most 100, got {value}")]
@@ -109,10 +239,28 @@ pub enum PolicyError {
     MinAboveBubble { min: u8, bubble: u8 },
     #[error("utc_offset_min must be within +/-14 h, got {0}")]
     Offset(i32),
+    #[error("interval_s must divide a day and be 60 to 3600, got {0}")]
+    Interval(u32),
+    #[error("confirm_intervals must be 1 to 6, got {0}")]
+    Confirm(u8),
+    #[error("forecast_lead_s must be at most 3600 (the forecasters' longest horizon), got {0}")]
+    Lead(u32),
+    #[error("demand_stale_s must be at least interval_s ({interval_s}), got {got}")]
+    Stale { interval_s: u32, got: u32 },
+    #[error(
+        "traffic_steps needs at most 8 steps, each with 0 < below_capacity_pct <= 100 and \
+         1 <= classes_down <= 5"
+    )]
+    TrafficSteps,
+    #[error("ramp_up_ms and ramp_down_ms must be at most 600000 (10 min)")]
+    Ramp,
 }
 
 impl PolicyConfig {
     pub fn validate(&self) -> Result<(), PolicyError> {
+        if PolicyConfig::named(&self.name).is_none() {
+            return Err(PolicyError::UnknownName(self.name.clone()));
+        }
         let steps_ok = (1..=8).contains(&self.night_profile.len())
             && self
                 .night_profile
@@ -138,6 +286,34 @@ impl PolicyConfig {
         if self.utc_offset_min.abs() > 14 * 60 {
             return Err(PolicyError::Offset(self.utc_offset_min));
         }
+        if !(60..=3600).contains(&self.interval_s) || 86_400 % self.interval_s != 0 {
+            return Err(PolicyError::Interval(self.interval_s));
+        }
+        if !(1..=6).contains(&self.confirm_intervals) {
+            return Err(PolicyError::Confirm(self.confirm_intervals));
+        }
+        if self.forecast_lead_s > 3600 {
+            return Err(PolicyError::Lead(self.forecast_lead_s));
+        }
+        if self.demand_stale_s < self.interval_s {
+            return Err(PolicyError::Stale {
+                interval_s: self.interval_s,
+                got: self.demand_stale_s,
+            });
+        }
+        let traffic_ok = self.traffic_steps.len() <= 8
+            && self.traffic_steps.iter().all(|s| {
+                s.below_capacity_pct.is_finite()
+                    && s.below_capacity_pct > 0.0
+                    && s.below_capacity_pct <= 100.0
+                    && (1..=5).contains(&s.classes_down)
+            });
+        if !traffic_ok {
+            return Err(PolicyError::TrafficSteps);
+        }
+        if self.ramp_up_ms > 600_000 || self.ramp_down_ms > 600_000 {
+            return Err(PolicyError::Ramp);
+        }
         Ok(())
     }
 }
@@ -146,7 +322,7 @@ impl PolicyConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
-    /// The time-of-night profile.
+    /// The time-of-night profile, or the class the demand calls for in this period.
     Schedule,
     /// A road user detected at this lamp or a neighbour.
     Presence,
@@ -154,9 +330,10 @@ pub enum Reason {
     Override,
     /// Daylight: lamps off.
     Daylight,
-    /// Demand forecast ahead of arrival.
+    /// Raised ahead of the demand the forecast expects.
     Forecast,
-    /// The node's own fail-safe profile (reported by nodes, never commanded).
+    /// The fail-safe floor: the node's own fail-safe profile (reported by nodes), or the
+    /// profile the controller falls back to while a zone's demand is unknown.
     FailSafe,
 }
 
@@ -180,6 +357,25 @@ pub struct Override {
     pub until: UnixMs,
 }
 
+/// The class a lamp's zone is lit for now, as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassInForce {
+    /// The class the lamp meets at 100 %.
+    pub design: LightingClass,
+    /// The class the demand calls for.
+    pub class: LightingClass,
+    /// [`Reason::Forecast`] when the forecast holds the class above what the measured demand
+    /// calls for, [`Reason::Schedule`] otherwise.
+    pub reason: Reason,
+}
+
+impl ClassInForce {
+    /// The level at which the lamp meets the class.
+    pub fn level_pct(&self) -> u8 {
+        classes::level_pct(self.design, self.class)
+    }
+}
+
 /// What the policy knows about one lamp at one instant.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LampSituation {
@@ -188,6 +384,8 @@ pub struct LampSituation {
     /// The presence bubble covering this lamp ends then.
     pub bubble_until: Option<UnixMs>,
     pub override_: Option<Override>,
+    /// The class the lamp's zone is lit for (`None`: demand unknown).
+    pub class: Option<ClassInForce>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,7 +397,7 @@ pub struct Decision {
 pub fn decide(cfg: &PolicyConfig, s: &LampSituation) -> Decision {
     if let Some(o) = s.override_.filter(|o| s.now < o.until) {
         return Decision {
-            level_pct: o.level_pct,
+            level_pct: o.level_pct.min(100),
             reason: Reason::Override,
         };
     }
@@ -209,17 +407,34 @@ pub fn decide(cfg: &PolicyConfig, s: &LampSituation) -> Decision {
             reason: Reason::Daylight,
         };
     }
+    let class = s.class.filter(|_| cfg.adaptive);
+    let floor = cfg
+        .min_level_pct
+        .max(class.map_or(0, |c| c.level_pct()))
+        .min(100);
     if cfg.reactive && s.bubble_until.is_some_and(|t| s.now < t) {
         return Decision {
-            level_pct: cfg.bubble_level_pct.max(cfg.min_level_pct),
+            level_pct: cfg.bubble_level_pct.max(floor),
             reason: Reason::Presence,
         };
     }
-    let minute = (s.now.local_seconds_of_day(cfg.utc_offset_min) / 60) as u16;
-    let level = profile_level(&cfg.night_profile, minute);
-    Decision {
-        level_pct: level.max(cfg.min_level_pct),
-        reason: Reason::Schedule,
+    let profile = || {
+        let minute = (s.now.local_seconds_of_day(cfg.utc_offset_min) / 60) as u16;
+        profile_level(&cfg.night_profile, minute).max(floor)
+    };
+    match (cfg.adaptive, class) {
+        (true, Some(c)) => Decision {
+            level_pct: floor,
+            reason: c.reason,
+        },
+        (true, None) => Decision {
+            level_pct: profile(),
+            reason: Reason::FailSafe,
+        },
+        (false, _) => Decision {
+            level_pct: profile(),
+            reason: Reason::Schedule,
+        },
     }
 }
 
@@ -229,21 +444,27 @@ fn profile_level(steps: &[ProfileStep], minute: u16) -> u8 {
         .filter(|s| s.minute_of_day <= minute)
         .max_by_key(|s| s.minute_of_day);
     let last_of_day = steps.iter().max_by_key(|s| s.minute_of_day);
-    latest_before.or(last_of_day).map_or(100, |s| s.level_pct)
+    latest_before
+        .or(last_of_day)
+        .map_or(100, |s| s.level_pct.min(100))
 }
 
-/// Ramp time for a change: up fast, down slow.
+/// Ramp time for a change: a bounded rate, fast up and slow down. A full swing takes
+/// `ramp_up_ms` or `ramp_down_ms`, a smaller one proportionally less (rounded up, so the rate
+/// never exceeds the bound); no change takes no time.
 pub fn ramp_ms(cfg: &PolicyConfig, from_pct: u8, to_pct: u8) -> u32 {
-    if to_pct >= from_pct {
-        cfg.ramp_up_ms
+    let (full_ms, delta) = if to_pct >= from_pct {
+        (cfg.ramp_up_ms, to_pct - from_pct)
     } else {
-        cfg.ramp_down_ms
-    }
+        (cfg.ramp_down_ms, from_pct - to_pct)
+    };
+    (full_ms as u64 * delta.min(100) as u64).div_ceil(100) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     // 2024-12-21 00:00 UTC.
     const MIDNIGHT: UnixMs = UnixMs(1_734_739_200_000);
@@ -258,6 +479,28 @@ mod tests {
             dark: true,
             bubble_until: None,
             override_: None,
+            class: None,
+        }
+    }
+
+    fn class(design: LightingClass, class: LightingClass, reason: Reason) -> Option<ClassInForce> {
+        Some(ClassInForce {
+            design,
+            class,
+            reason,
+        })
+    }
+
+    fn check(cfg: &PolicyConfig, cases: &[(LampSituation, u8, Reason)]) {
+        for (i, (s, level, reason)) in cases.iter().enumerate() {
+            assert_eq!(
+                decide(cfg, s),
+                Decision {
+                    level_pct: *level,
+                    reason: *reason
+                },
+                "case {i}: {s:?}"
+            );
         }
     }
 
@@ -325,17 +568,134 @@ mod tests {
                 30,
                 Reason::Schedule,
             ),
-        ];
-        for (i, (s, level, reason)) in cases.iter().enumerate() {
-            assert_eq!(
-                decide(&cfg, s),
-                Decision {
-                    level_pct: *level,
-                    reason: *reason
+            // A class in force means nothing to a policy that is not adaptive.
+            (
+                LampSituation {
+                    class: class(LightingClass::P(4), LightingClass::P(4), Reason::Forecast),
+                    ..situation(at(2, 0))
                 },
-                "case {i}"
-            );
-        }
+                30,
+                Reason::Schedule,
+            ),
+        ];
+        check(&cfg, &cases);
+    }
+
+    #[test]
+    fn adaptive_lights_for_the_class_in_force() {
+        use LightingClass::{M, P};
+        let cfg = PolicyConfig::named("adaptive").unwrap();
+        let with = |c: Option<ClassInForce>| LampSituation {
+            class: c,
+            ..situation(at(2, 0))
+        };
+        let o = Some(Override {
+            level_pct: 10,
+            until: at(3, 0),
+        });
+        let cases = [
+            // Each lamp's level from its design class at 100 %.
+            (
+                with(class(P(4), P(4), Reason::Schedule)),
+                100,
+                Reason::Schedule,
+            ),
+            (
+                with(class(P(4), P(5), Reason::Schedule)),
+                60,
+                Reason::Schedule,
+            ),
+            (
+                with(class(P(4), P(6), Reason::Schedule)),
+                40,
+                Reason::Schedule,
+            ),
+            (
+                with(class(M(3), M(4), Reason::Schedule)),
+                75,
+                Reason::Schedule,
+            ),
+            (
+                with(class(M(3), M(5), Reason::Schedule)),
+                50,
+                Reason::Schedule,
+            ),
+            // Raised ahead of demand: the forecast is the reason.
+            (
+                with(class(M(3), M(3), Reason::Forecast)),
+                100,
+                Reason::Forecast,
+            ),
+            // Demand unknown: the fail-safe floor, part-night (50 % at 02:00).
+            (with(None), 50, Reason::FailSafe),
+            (
+                LampSituation {
+                    now: at(23, 0),
+                    ..with(None)
+                },
+                75,
+                Reason::FailSafe,
+            ),
+            // The bubble over the class.
+            (
+                LampSituation {
+                    bubble_until: Some(at(2, 1)),
+                    ..with(class(P(4), P(6), Reason::Schedule))
+                },
+                100,
+                Reason::Presence,
+            ),
+            // The override wins, even below the class in force.
+            (
+                LampSituation {
+                    override_: o,
+                    ..with(class(M(3), M(3), Reason::Schedule))
+                },
+                10,
+                Reason::Override,
+            ),
+            // Daylight: off whatever the class.
+            (
+                LampSituation {
+                    dark: false,
+                    ..with(class(M(3), M(3), Reason::Forecast))
+                },
+                0,
+                Reason::Daylight,
+            ),
+        ];
+        check(&cfg, &cases);
+
+        // The minimum level is a floor under the class.
+        let cfg = PolicyConfig {
+            min_level_pct: 55,
+            ..cfg
+        };
+        check(
+            &cfg,
+            &[(
+                with(class(P(4), P(6), Reason::Schedule)),
+                55,
+                Reason::Schedule,
+            )],
+        );
+        // A bubble set below the class never dims below it.
+        let cfg = PolicyConfig {
+            bubble_level_pct: 60,
+            min_level_pct: 20,
+            ..cfg
+        };
+        check(
+            &cfg,
+            &[(
+                LampSituation {
+                    bubble_until: Some(at(2, 1)),
+                    ..with(class(M(3), M(4), Reason::Schedule))
+                },
+                75,
+                Reason::Presence,
+            )],
+        );
     }
 
     #[test]
@@ -358,20 +718,34 @@ mod tests {
             decide(&PolicyConfig::named(name).unwrap(), s).level_pct
         };
         assert_eq!(level("full", &night), 100);
+        assert_eq!(level("full", &bubble), 100);
         assert_eq!(level("part-night", &night), 50);
         assert_eq!(
             level("part-night", &bubble),
             50,
             "part-night ignores presence"
         );
+        // Part-night through the night: 100 to 22:00, 75 to 00:00, 50 to 05:30, 100 to dawn.
+        for ((h, m), want) in [
+            ((18, 0), 100),
+            ((21, 59), 100),
+            ((22, 0), 75),
+            ((23, 59), 75),
+            ((0, 0), 50),
+            ((5, 29), 50),
+            ((5, 30), 100),
+            ((7, 0), 100),
+        ] {
+            assert_eq!(level("part-night", &situation(at(h, m))), want, "{h}:{m}");
+        }
         assert_eq!(level("reactive", &night), 20);
         assert_eq!(level("reactive", &bubble), 100);
+        assert_eq!(level("adaptive", &bubble), 100);
         assert!(PolicyConfig::named("nonsense").is_none());
         for name in POLICY_NAMES {
-            assert!(
-                PolicyConfig::named(name).unwrap().validate().is_ok(),
-                "{name}"
-            );
+            let p = PolicyConfig::named(name).unwrap();
+            assert_eq!(p.name, *name);
+            assert!(p.validate().is_ok(), "{name}");
         }
     }
 
@@ -384,5 +758,213 @@ mod tests {
         cfg.min_level_pct = 20;
         cfg.night_profile.clear();
         assert_eq!(cfg.validate(), Err(PolicyError::Profile));
+        let ok = PolicyConfig::named("adaptive").unwrap();
+        let cases = [
+            PolicyConfig {
+                interval_s: 700,
+                ..ok.clone()
+            },
+            PolicyConfig {
+                interval_s: 30,
+                ..ok.clone()
+            },
+            PolicyConfig {
+                confirm_intervals: 0,
+                ..ok.clone()
+            },
+            PolicyConfig {
+                forecast_lead_s: 7200,
+                ..ok.clone()
+            },
+            PolicyConfig {
+                demand_stale_s: 60,
+                ..ok.clone()
+            },
+            PolicyConfig {
+                traffic_steps: vec![TrafficStep {
+                    below_capacity_pct: 150.0,
+                    classes_down: 1,
+                }],
+                ..ok.clone()
+            },
+            PolicyConfig {
+                name: "mystery".into(),
+                ..ok.clone()
+            },
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            assert!(c.validate().is_err(), "case {i}");
+        }
+    }
+
+    #[test]
+    fn policies_are_chosen_by_name_in_toml_with_overrides() {
+        #[derive(Deserialize)]
+        struct Section {
+            policy: PolicyConfig,
+        }
+        let parse = |s: &str| toml::from_str::<Section>(s).map(|s| s.policy);
+        let p = parse("[policy]\nname = \"adaptive\"\n").unwrap();
+        assert_eq!(p, PolicyConfig::named("adaptive").unwrap());
+        let p = parse("[policy]\nname = \"part-night\"\nmin_level_pct = 30\n").unwrap();
+        assert_eq!(
+            p,
+            PolicyConfig {
+                min_level_pct: 30,
+                ..PolicyConfig::named("part-night").unwrap()
+            }
+        );
+        let p = parse("[policy]\nbubble_hold_s = 30\n").unwrap();
+        assert_eq!((p.name.as_str(), p.bubble_hold_s), ("profile-reactive", 30));
+        let p = parse(
+            "[policy]\nname = \"adaptive\"\ntraffic_steps = [{ below_capacity_pct = 40.0, classes_down = 1 }]\n",
+        )
+        .unwrap();
+        assert_eq!(p.traffic_steps.len(), 1);
+
+        let e = parse("[policy]\nname = \"dim-everything\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown policy \"dim-everything\""), "{e}");
+        assert!(
+            e.contains("adaptive"),
+            "the error lists the known names: {e}"
+        );
+        let e = parse("[policy]\nname = \"adaptive\"\nconfirm_intervals = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("confirm_intervals"), "{e}");
+        let e = parse("[policy]\nnmae = \"adaptive\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nmae"), "{e}");
+
+        // What is written can be read back.
+        for name in POLICY_NAMES {
+            let p = PolicyConfig::named(name).unwrap();
+            let text = toml::to_string(&Section2 { policy: p.clone() }).unwrap();
+            assert_eq!(parse(&text).unwrap(), p, "{name}");
+        }
+        #[derive(Serialize)]
+        struct Section2 {
+            policy: PolicyConfig,
+        }
+    }
+
+    #[test]
+    fn ramps_are_bounded_rates() {
+        let cfg = PolicyConfig::default();
+        assert_eq!(ramp_ms(&cfg, 0, 100), 1_000);
+        assert_eq!(ramp_ms(&cfg, 50, 100), 500);
+        assert_eq!(ramp_ms(&cfg, 100, 0), 20_000);
+        assert_eq!(ramp_ms(&cfg, 100, 75), 5_000);
+        assert_eq!(ramp_ms(&cfg, 40, 40), 0);
+    }
+
+    fn any_class() -> impl Strategy<Value = (LightingClass, LightingClass)> {
+        (0u8..3, 1i32..=6, 0i32..=5).prop_map(|(series, n, down)| {
+            let design = match series {
+                0 => LightingClass::M(n as u8),
+                1 => LightingClass::P(n as u8),
+                _ => LightingClass::C((n - 1) as u8),
+            };
+            (design, design.with_number(design.number() as i32 + down))
+        })
+    }
+
+    fn any_situation() -> impl Strategy<Value = LampSituation> {
+        (
+            0u64..(7 * 86_400_000),
+            any::<bool>(),
+            proptest::option::of(0u64..600_000),
+            proptest::option::of((0u8..=100, 0u64..7_200_000)),
+            proptest::option::of((any_class(), any::<bool>())),
+        )
+            .prop_map(|(t, dark, bubble, o, class)| {
+                let now = MIDNIGHT.plus_ms(t);
+                LampSituation {
+                    now,
+                    dark,
+                    bubble_until: bubble.map(|b| UnixMs((now.0 + b).saturating_sub(300_000))),
+                    override_: o.map(|(level_pct, d)| Override {
+                        level_pct,
+                        until: UnixMs((now.0 + d).saturating_sub(3_600_000)),
+                    }),
+                    class: class.map(|((design, class), forecast)| ClassInForce {
+                        design,
+                        class,
+                        reason: if forecast {
+                            Reason::Forecast
+                        } else {
+                            Reason::Schedule
+                        },
+                    }),
+                }
+            })
+    }
+
+    fn any_policy() -> impl Strategy<Value = PolicyConfig> {
+        (proptest::sample::select(POLICY_NAMES), 0u8..=100, 0u8..=100).prop_map(|(name, a, b)| {
+            PolicyConfig {
+                min_level_pct: a.min(b),
+                bubble_level_pct: a.max(b),
+                ..PolicyConfig::named(name).unwrap()
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn never_below_the_floor_or_the_class_in_force_while_dark(
+            cfg in any_policy(),
+            s in any_situation(),
+        ) {
+            let d = decide(&cfg, &s);
+            prop_assert!(d.level_pct <= 100);
+            let overridden = s.override_.is_some_and(|o| s.now < o.until);
+            if s.dark && !overridden {
+                prop_assert!(d.level_pct >= cfg.min_level_pct, "{d:?}");
+                if cfg.adaptive {
+                    if let Some(c) = s.class {
+                        prop_assert!(d.level_pct >= c.level_pct(), "{d:?} {c:?}");
+                    }
+                }
+            }
+            if !s.dark && !overridden {
+                prop_assert_eq!(d, Decision { level_pct: 0, reason: Reason::Daylight });
+            }
+        }
+
+        #[test]
+        fn the_override_wins_until_it_expires(
+            cfg in any_policy(),
+            s in any_situation(),
+            level in 0u8..=100,
+            left_ms in 1u64..3_600_000,
+        ) {
+            let o = Override { level_pct: level, until: s.now.plus_ms(left_ms) };
+            let d = decide(&cfg, &LampSituation { override_: Some(o), ..s });
+            prop_assert_eq!(d, Decision { level_pct: level, reason: Reason::Override });
+            let expired = LampSituation { override_: Some(o), now: o.until, ..s };
+            let d = decide(&cfg, &expired);
+            prop_assert_ne!(d.reason, Reason::Override);
+            prop_assert_eq!(d, decide(&cfg, &LampSituation { override_: None, ..expired }));
+        }
+
+        #[test]
+        fn ramp_rates_are_bounded(
+            up in 1u32..600_000,
+            down in 1u32..600_000,
+            from in 0u8..=100,
+            to in 0u8..=100,
+        ) {
+            let cfg = PolicyConfig { ramp_up_ms: up, ramp_down_ms: down, ..PolicyConfig::default() };
+            let ms = ramp_ms(&cfg, from, to) as u64;
+            let delta = from.abs_diff(to) as u64;
+            let full = if to >= from { up } else { down } as u64;
+            // delta / ms <= 100 / full, i.e. the rate never exceeds a full swing's.
+            prop_assert!(delta * full <= 100 * ms, "{from}->{to} in {ms} ms (full {full})");
+            prop_assert!(ms <= full);
+        }
     }
 }

@@ -1,6 +1,7 @@
 use super::*;
 use lamplighter_protocol::lorawan::AesKey;
 use lamplighter_protocol::payload::{Presence, ReportTrigger};
+use lamplighter_protocol::LightingClass;
 
 // 2024-12-21 22:00 UTC: dark in Bristol.
 const NIGHT: UnixMs = UnixMs(1_734_818_400_000);
@@ -115,7 +116,7 @@ fn presence_raises_the_lamp_and_its_neighbours_at_once() {
         .inspect(|o| {
             assert_eq!(o.level_pct, 100);
             assert_eq!(o.reason, Reason::Presence);
-            assert_eq!(o.ramp_ms, c.config().policy.ramp_up_ms);
+            assert_eq!(o.ramp_ms, policy::ramp_ms(&c.config().policy, 50, 100));
         })
         .map(|o| o.lamp.0)
         .collect();
@@ -146,7 +147,8 @@ fn commands_are_frames_only_their_node_can_open() {
         Command::decode(&f.frm_payload).unwrap(),
         Command::SetLevel {
             level_pct: 50,
-            ramp_ms: 1000,
+            // From off to 50 %: half a full rise.
+            ramp_ms: 500,
             hold_s: 0
         }
     );
@@ -256,4 +258,430 @@ fn duplicate_dev_addrs_are_refused() {
         ControllerCore::new(ControllerConfig::default(), vec![node(0), b]),
         Err(ProvisionError::DuplicateDevAddr(_))
     ));
+}
+
+// ---- Demand, classes and the adaptive policy in the core ----
+
+/// One lamp per zone 0..n on an M3 road carrying 600 road users per hour.
+fn adaptive_core(n: u32) -> ControllerCore {
+    let config = ControllerConfig {
+        policy: PolicyConfig::named("adaptive").unwrap(),
+        zones: vec![ZoneParams {
+            tenant: None,
+            zone: ZoneId(0),
+            design_class: LightingClass::M(3),
+            capacity_per_h: 600.0,
+        }],
+        ..ControllerConfig::default()
+    };
+    ControllerCore::new(config, (0..n).map(node).collect()).unwrap()
+}
+
+fn pedestrians(n: u8) -> Presence {
+    Presence {
+        pedestrians: n,
+        ..Presence::default()
+    }
+}
+
+/// Sends lamp `i`'s next report (counting frames in `fcnt`).
+fn send(c: &mut ControllerCore, fcnt: &mut [u32], i: u32, at: UnixMs, p: Presence) {
+    let (t, f) = uplink(&node(i), fcnt[i as usize], &report(p, 0));
+    fcnt[i as usize] += 1;
+    c.handle_uplink(at, &t, &f).unwrap();
+}
+
+fn zone0(c: &ControllerCore, now: UnixMs) -> ZoneView {
+    c.zones(now, None)
+        .into_iter()
+        .find(|z| z.zone == ZoneId(0))
+        .unwrap()
+}
+
+fn last_by_lamp(out: &[Outgoing]) -> BTreeMap<u32, (u8, Reason)> {
+    out.iter()
+        .map(|o| (o.lamp.0, (o.level_pct, o.reason)))
+        .collect()
+}
+
+const MIN: u64 = 60_000;
+
+#[test]
+fn adaptive_falls_back_to_part_night_until_demand_is_known() {
+    let mut c = adaptive_core(10);
+    c.handle_tick(NIGHT);
+    let out = drain(&mut c);
+    assert_eq!(out.len(), 10);
+    // 22:00: part-night says 75 %.
+    assert!(out
+        .iter()
+        .all(|o| (o.level_pct, o.reason) == (75, Reason::FailSafe)));
+    let z = zone0(&c, NIGHT);
+    assert_eq!(z.demand.class, None);
+    assert_eq!(z.demand.class_reason, Some(Reason::FailSafe));
+    assert_eq!(z.demand.design_class, Some(LightingClass::M(3)));
+    assert_eq!(z.demand.capacity_per_h, 600.0);
+}
+
+#[test]
+fn the_class_drops_after_two_quiet_intervals_and_rises_at_once() {
+    let mut c = adaptive_core(10);
+    let mut fcnt = vec![0; 10];
+    let report_all = |c: &mut ControllerCore, fcnt: &mut [u32], at: UnixMs| {
+        for i in 0..10 {
+            send(c, fcnt, i, at, Presence::default());
+        }
+    };
+    // Demand known, nothing measured yet: the design class, 100 %.
+    report_all(&mut c, &mut fcnt, NIGHT.plus_ms(1000));
+    c.handle_tick(NIGHT.plus_ms(2000));
+    let out = last_by_lamp(&drain(&mut c));
+    assert_eq!(out[&0], (100, Reason::Schedule));
+    assert_eq!(zone0(&c, NIGHT).demand.class, Some(LightingClass::M(3)));
+
+    // First quiet interval ends: one confirmation, no drop.
+    report_all(&mut c, &mut fcnt, NIGHT.plus_ms(5 * MIN));
+    c.handle_tick(NIGHT.plus_ms(10 * MIN + 1000));
+    // Only the refresh, at the same level.
+    assert!(drain(&mut c)
+        .iter()
+        .all(|o| (o.level_pct, o.reason) == (100, Reason::Schedule)));
+    let z = zone0(&c, NIGHT.plus_ms(10 * MIN + 1000));
+    assert_eq!(z.demand.demand_per_h, Some(0.0));
+    assert_eq!(z.demand.class, Some(LightingClass::M(3)));
+
+    // Second quiet interval ends: two classes down, M5, 50 % of an M3 lamp.
+    report_all(&mut c, &mut fcnt, NIGHT.plus_ms(11 * MIN));
+    report_all(&mut c, &mut fcnt, NIGHT.plus_ms(16 * MIN));
+    // (The test's reports claim a 50 % target, so the 100 % command was resent meanwhile.)
+    drain(&mut c);
+    let t = NIGHT.plus_ms(20 * MIN + 1000);
+    c.handle_tick(t);
+    let out = drain(&mut c);
+    assert_eq!(out.len(), 10);
+    assert!(out
+        .iter()
+        .all(|o| (o.level_pct, o.reason) == (50, Reason::Schedule)));
+    // A fall is slow: half a full fall.
+    assert_eq!(out[0].ramp_ms, c.config().policy.ramp_down_ms / 2);
+    assert_eq!(zone0(&c, t).demand.class, Some(LightingClass::M(5)));
+
+    // Mid-interval, one lamp counts 255 pedestrians: over the zone's 10 lamps in 10 minutes
+    // that is already 153 per hour, 25.5 % of capacity: M4 at once, not at the interval's end.
+    let t = NIGHT.plus_ms(22 * MIN);
+    send(&mut c, &mut fcnt, 0, t, pedestrians(255));
+    let out = last_by_lamp(&drain(&mut c));
+    assert_eq!(out[&0], (100, Reason::Presence), "the bubble");
+    assert_eq!(
+        out[&5],
+        (75, Reason::Schedule),
+        "the class: M4 is 75 % of M3"
+    );
+    assert_eq!(zone0(&c, t).demand.class, Some(LightingClass::M(4)));
+    // Another 255: 306 per hour, 51 %: the design class.
+    send(&mut c, &mut fcnt, 9, t, pedestrians(255));
+    let out = last_by_lamp(&drain(&mut c));
+    assert_eq!(out.len(), 7, "lamps 0-2 are in the first bubble already");
+    assert_eq!(out[&9], (100, Reason::Presence));
+    assert_eq!(out[&4], (100, Reason::Schedule), "the class, not a bubble");
+    assert_eq!(zone0(&c, t).demand.class, Some(LightingClass::M(3)));
+}
+
+#[test]
+fn the_forecast_brightens_ahead_of_a_daily_peak() {
+    // One lamp; every evening from 23:00 to 23:30 about 540 road users per hour pass it
+    // (90 % of capacity), otherwise nobody.
+    let mut c = adaptive_core(1);
+    let mut fcnt = vec![0; 1];
+    let start = NIGHT.plus_ms(0).0 - 7 * 86_400_000;
+    let check = NIGHT.plus_ms(50 * MIN);
+    let mut t = UnixMs(start);
+    while t < check {
+        let minute_of_day = (t.0 / MIN) % 1440;
+        let busy = (23 * 60..23 * 60 + 30).contains(&minute_of_day);
+        send(
+            &mut c,
+            &mut fcnt,
+            0,
+            t.plus_ms(5 * MIN),
+            pedestrians(if busy { 90 } else { 0 }),
+        );
+        t = t.plus_ms(10 * MIN);
+    }
+    // The first call after 22:50 ends the 22:40 interval: nobody came, but the upper quantile
+    // for 23:00 (within the 20-minute lead) calls for the design class.
+    let now = check.plus_ms(1000);
+    drain(&mut c);
+    c.handle_tick(now);
+    let z = zone0(&c, now);
+    assert_eq!(z.demand.demand_per_h, Some(0.0));
+    let q90 = z.demand.forecast_q90_peak_per_h.unwrap();
+    assert!(q90 >= 300.0, "{:?}", z.demand);
+    let (q10, p, q90_h) = (
+        z.demand.forecast_q10_per_h.unwrap(),
+        z.demand.forecast_per_h.unwrap(),
+        z.demand.forecast_q90_per_h.unwrap(),
+    );
+    assert!(q10 <= p && p <= q90_h, "{:?}", z.demand);
+    assert_eq!(z.demand.forecast_horizon_s, 1200);
+    assert_eq!(z.demand.class, Some(LightingClass::M(3)));
+    assert_eq!(z.demand.class_reason, Some(Reason::Forecast));
+    let lamp = &c.lamps(now, None)[0];
+    assert_eq!(lamp.commanded_level_pct, Some(100));
+    assert_eq!(lamp.reason, Some(Reason::Forecast));
+    assert_eq!(z.reasons.get("forecast"), Some(&1));
+    assert!(
+        c.zones[0].forecaster_bytes() <= 3 * 8 * 1024,
+        "three series of at most 8 KB"
+    );
+
+    // The same lamp under part-night knows nothing of it.
+    let events: Vec<_> = std::iter::from_fn(|| c.poll_event())
+        .filter_map(|e| match e {
+            Event::CommandSent { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(events.contains(&Reason::Forecast));
+}
+
+#[test]
+fn demand_unknown_for_too_long_falls_back_to_the_fail_safe_floor() {
+    let mut c = adaptive_core(2);
+    let mut fcnt = vec![0; 2];
+    send(&mut c, &mut fcnt, 0, NIGHT, Presence::default());
+    c.handle_tick(NIGHT.plus_ms(1000));
+    let out = last_by_lamp(&drain(&mut c));
+    assert_eq!(out[&0], (100, Reason::Schedule));
+    // No report from the zone for more than 30 minutes.
+    let t = NIGHT.plus_ms(31 * MIN);
+    c.handle_tick(t);
+    let out = last_by_lamp(&drain(&mut c));
+    assert_eq!(out[&0], (75, Reason::FailSafe));
+    assert_eq!(zone0(&c, t).demand.class_reason, Some(Reason::FailSafe));
+}
+
+#[test]
+fn overrides_win_over_the_adaptive_policy_until_they_expire() {
+    let mut c = adaptive_core(1);
+    let mut fcnt = vec![0; 1];
+    send(&mut c, &mut fcnt, 0, NIGHT, Presence::default());
+    drain(&mut c);
+    c.set_override(NIGHT, LampId(0), Some(10), NIGHT.plus_ms(MIN));
+    assert_eq!(last_by_lamp(&drain(&mut c))[&0], (10, Reason::Override));
+    send(&mut c, &mut fcnt, 0, NIGHT.plus_ms(30_000), pedestrians(5));
+    assert!(
+        drain(&mut c).is_empty(),
+        "presence does not break an override"
+    );
+    c.handle_tick(NIGHT.plus_ms(MIN));
+    assert_eq!(last_by_lamp(&drain(&mut c))[&0], (100, Reason::Presence));
+}
+
+#[test]
+fn zone_roads_come_from_the_config_by_tenant_and_zone() {
+    let toml_text = r#"
+        report_interval_s = 300
+        [policy]
+        name = "adaptive"
+        forecast_lead_s = 1800
+        [zone_default]
+        design_class = "P5"
+        capacity_per_h = 1800.0
+        [[zones]]
+        zone = 0
+        design_class = "M3"
+        capacity_per_h = 2400.0
+        [[zones]]
+        tenant = "bristol"
+        zone = 1
+        design_class = "M4"
+        capacity_per_h = 1500.0
+        [[zones]]
+        tenant = "elsewhere"
+        zone = 1
+        design_class = "C2"
+        capacity_per_h = 100.0
+    "#;
+    let config: ControllerConfig = toml::from_str(toml_text).unwrap();
+    assert_eq!(config.policy.name, "adaptive");
+    assert_eq!(config.policy.forecast_lead_s, 1800);
+    let c = ControllerCore::new(config, (0..25).map(node).collect()).unwrap();
+    let zones = c.zones(NIGHT, None);
+    let roads: Vec<_> = zones
+        .iter()
+        .map(|z| {
+            (
+                z.zone.0,
+                z.demand.design_class.unwrap().to_string(),
+                z.demand.capacity_per_h,
+            )
+        })
+        .collect();
+    assert_eq!(
+        roads,
+        vec![
+            (0, "M3".to_string(), 2400.0),
+            (1, "M4".to_string(), 1500.0),
+            (2, "P5".to_string(), 1800.0)
+        ]
+    );
+    // The API's JSON carries the class and the demand flat in each zone.
+    let json = serde_json::to_value(&zones[0]).unwrap();
+    for key in [
+        "class",
+        "design_class",
+        "class_reason",
+        "demand_per_h",
+        "forecast_per_h",
+        "forecast_q10_per_h",
+        "forecast_q90_per_h",
+    ] {
+        assert!(json.get(key).is_some(), "{key} in {json}");
+    }
+    assert_eq!(json["design_class"], "M3");
+    assert_eq!(json["class_reason"], "fail-safe");
+
+    // Bad roads are refused with a clear reason.
+    let bad = |text: &str| {
+        toml::from_str::<ControllerConfig>(text)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| {
+                ControllerCore::new(cfg, vec![node(0)])
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_err()
+    };
+    let e = bad("[[zones]]\nzone = 0\ndesign_class = \"M3\"\ncapacity_per_h = 0.0\n");
+    assert!(
+        e.contains("zone 0: capacity_per_h must be a positive number"),
+        "{e}"
+    );
+    let e = bad("[[zones]]\nzone = 0\ndesign_class = \"M9\"\ncapacity_per_h = 10.0\n");
+    assert!(e.contains("M9"), "{e}");
+    let e = bad(
+        "[[zones]]\nzone = 0\ndesign_class = \"M3\"\ncapacity_per_h = 10.0\n[[zones]]\nzone = 0\ndesign_class = \"M3\"\ncapacity_per_h = 10.0\n",
+    );
+    assert!(e.contains("listed twice"), "{e}");
+    let e = bad("[policy]\nname = \"adaptiv\"\n");
+    assert!(e.contains("unknown policy"), "{e}");
+}
+
+#[test]
+fn every_named_policy_runs_in_the_core() {
+    for name in policy::POLICY_NAMES {
+        let config = ControllerConfig {
+            policy: PolicyConfig::named(name).unwrap(),
+            ..ControllerConfig::default()
+        };
+        let mut c = ControllerCore::new(config, (0..3).map(node).collect()).unwrap();
+        c.handle_tick(NIGHT);
+        let out = drain(&mut c);
+        assert_eq!(out.len(), 3, "{name}");
+        let want = match *name {
+            "profile-reactive" => (50, Reason::Schedule),
+            "full" => (100, Reason::Schedule),
+            "part-night" => (75, Reason::Schedule),
+            "reactive" => (20, Reason::Schedule),
+            "adaptive" => (75, Reason::FailSafe),
+            other => panic!("no expectation for {other}"),
+        };
+        assert_eq!((out[0].level_pct, out[0].reason), want, "{name}");
+    }
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Action {
+        Tick,
+        Report { lamp: u32, presence: Presence },
+        Override { lamp: u32, level_pct: u8 },
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            Just(Action::Tick),
+            (0u32..10, 0u8..=255, 0u8..=20, 0u8..=3).prop_map(|(lamp, p, c, v)| {
+                Action::Report {
+                    lamp,
+                    presence: Presence {
+                        pedestrians: p,
+                        cyclists: c,
+                        vehicles: v,
+                    },
+                }
+            }),
+            (0u32..10, 0u8..=100)
+                .prop_map(|(lamp, level_pct)| Action::Override { lamp, level_pct }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Whatever arrives, every command the adaptive core sends while dark is at least the
+        /// minimum level and the level of its zone's class in force, unless an operator's
+        /// override (which wins until it expires) says otherwise; and every ramp is within the
+        /// bounded rate.
+        #[test]
+        fn the_core_keeps_the_floor_the_class_the_override_and_the_ramp_bounds(
+            steps in proptest::collection::vec((1u64..400_000, action()), 1..80),
+        ) {
+            let mut c = adaptive_core(10);
+            let policy = c.config().policy.clone();
+            let mut fcnt = [0u32; 10];
+            let mut overrides: BTreeMap<u32, (u8, UnixMs)> = BTreeMap::new();
+            let mut last: BTreeMap<u32, u8> = BTreeMap::new();
+            let mut now = NIGHT;
+            for (dt, a) in steps {
+                now = now.plus_ms(dt);
+                match a {
+                    Action::Tick => c.handle_tick(now),
+                    Action::Report { lamp, presence } => {
+                        send(&mut c, &mut fcnt, lamp, now, presence)
+                    }
+                    Action::Override { lamp, level_pct } => {
+                        let until = now.plus_ms(120_000);
+                        overrides.insert(lamp, (level_pct, until));
+                        c.set_override(now, LampId(lamp), Some(level_pct), until);
+                    }
+                }
+                let zone = zone0(&c, now);
+                let class_level = zone
+                    .demand
+                    .class
+                    .map(|k| classes::level_pct(LightingClass::M(3), k));
+                for o in drain(&mut c) {
+                    let lamp = o.lamp.0;
+                    prop_assert!(sun::is_dark(node(lamp).lat, node(lamp).lon, now));
+                    match overrides.get(&lamp).filter(|(_, until)| now < *until) {
+                        Some(&(level, _)) => {
+                            prop_assert_eq!((o.level_pct, o.reason), (level, Reason::Override));
+                        }
+                        None => {
+                            prop_assert_ne!(o.reason, Reason::Override);
+                            prop_assert!(o.level_pct >= policy.min_level_pct, "{o:?}");
+                            if let Some(k) = class_level {
+                                prop_assert!(o.level_pct >= k, "{o:?} below the class ({k} %)");
+                            }
+                        }
+                    }
+                    if let Some(&from) = last.get(&lamp) {
+                        let delta = from.abs_diff(o.level_pct) as u64;
+                        let full = if o.level_pct >= from {
+                            policy.ramp_up_ms
+                        } else {
+                            policy.ramp_down_ms
+                        } as u64;
+                        prop_assert!(delta * full <= 100 * o.ramp_ms as u64, "{from} -> {o:?}");
+                    }
+                    last.insert(lamp, o.level_pct);
+                }
+            }
+        }
+    }
 }

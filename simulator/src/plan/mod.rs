@@ -1,1 +1,425 @@
-//! Planning mode (in progress).
+//! Planning mode: a whole town in virtual time, in process and deterministic, to compare
+//! lighting policies before a council changes a street.
+//!
+//! # What runs
+//!
+//! For each policy (by name from [`POLICY_NAMES`], or `all`), [`run`] builds the town (a
+//! real one from [`lamplighter_town::Town::load`] or a procedural one), one real
+//! [`NodeCore`](lamplighter_edge::core::NodeCore) per lamp and one real
+//! [`ControllerCore`](lamplighter_controller::ControllerCore), and drives them through
+//! the very frames they exchange in production (LoRaWAN data frames on MQTT topics, MIC and
+//! FCnt checked). Policies run on separate threads; each run is a function of
+//! (options, seed) only.
+//!
+//! Time is an event queue (`BinaryHeap` of (time, sequence, event)), not fixed steps: a node
+//! is woken when its own `poll_timeout` says (when a ramp ends, for its reports, when a hold
+//! or its silence timeout ends, and each minute while it runs its fail-safe profile; the
+//! minute wake-ups of a commanded node change nothing and are skipped, exactly), the
+//! controller ticks every `tick_s` (10 s), packets arrive when the link delivers them and
+//! road users reach each lamp when their speed takes them there. A day of Cambridge (6,117
+//! lamps, about 10 million passages at night) is about 50 million events per policy.
+//!
+//! # Road users
+//!
+//! Each zone has a peak-hour flow: a share of its road's capacity by road kind (arterial
+//! 45 %, major 35 %, local 10 %, cycleway 6 %, footway 5 %) times a per-zone factor
+//! (0.4-1.6, from the seed), split into pedestrians, cyclists and vehicles by road kind. The
+//! flow at a moment is that peak times the week's profile for the kind and local hour
+//! ([`profile`]: cyclists from the Fremont Bridge counts, vehicles from the NYC taxi series,
+//! pedestrians a built-in evening shape over the taxi week; a missing file falls back to a
+//! built-in shape and says so in `warnings`). Events add crowds: pubs closing at 23:00 on a
+//! few streets (twice as many on Friday and Saturday) and a match ending at 21:45 on the
+//! first evening on the zones around a busy road.
+//!
+//! Trips are drawn in 5-minute slots (Poisson counts): a road user starts at a random lamp
+//! of a zone and goes to the zone's end (one way streets one way) at 1.4 m/s (pedestrians),
+//! 5 m/s (cyclists) or 12 m/s (vehicles), each +/- 20 %. The node at each lamp detects them
+//! 20 m before they reach it (probability 0.95). Road users are only generated while it is
+//! dark or within 15 minutes of it: in daylight every policy turns lamps off and nothing is
+//! judged, so daytime trips would only cost time. The traffic random stream is separate from
+//! the link's, so every policy meets the same road users.
+//!
+//! # The link
+//!
+//! Nodes and controller talk over a simulated IP link (MQTT over TCP): each packet takes
+//! 50-200 ms. A loss (0.5 % by default) on TCP is a retransmission: the packet arrives one
+//! retransmission timeout later (1 s, doubling) - [`LossMode::Retransmit`]. With
+//! [`LossMode::Drop`], or in a [`Fault::PacketLoss`] spell, packets are lost for good. The
+//! LoRa radio (airtime, duty cycle, collisions) is left for later: planning runs model the
+//! IP-connected deployment.
+//!
+//! # What is measured
+//!
+//! - **Energy**: each lamp's input power from its LED power model, integrated exactly
+//!   between the node's events (levels are piecewise linear, nodes wake at least each
+//!   minute), by hour; cost at the tariff, carbon at the grid factor; savings against
+//!   `full` and `part-night` (always run as baselines).
+//! - **Under-lighting exposure**: the share of passages (a road user reaching a lamp) while
+//!   judged dark at which the lamp was below the level required for the demand at that
+//!   moment. *Required* follows CEN/TR 13201-1 adaptive lighting with the UNI 11248
+//!   thresholds: with the zone's flow (road users per hour of all kinds, the expected rate
+//!   including events) at or above 50 % of its road's capacity the design class is
+//!   required (100 %); from 25 % to 50 % one class lower; below 25 % two classes lower. The
+//!   level for a lower class is the ratio of the classes' required averages
+//!   ([`LightingClass::level_pct_for`](lamplighter_protocol::LightingClass::level_pct_for)):
+//!   M3 -> M4 75 %, M3 -> M5 50 %, M4 -> M6 40 %, P4 -> P6 40 %, P5 -> P6 67 % (P6 is the
+//!   lowest class). Half a percentage point of tolerance is allowed. Passages within 2
+//!   minutes of lighting-up or switch-off at the town centre are not judged (photocell and
+//!   command latency; a town spans seconds of sunset). So `full` (100 % while dark) has
+//!   exposure 0 unless faults kill lamps.
+//! - **Late rises**: passages while judged dark at which the lamp was still ramping up, and
+//!   the seconds of ramp left.
+//! - **Level changes** per lamp-hour (every change of a node's target), **downlinks** per
+//!   lamp, uplinks, packets lost or retransmitted.
+//! - **Charts' series**: energy by hour, and for the busiest and the quietest zone (by peak
+//!   flow) the demand, passages, mean and required level every 10 minutes.
+//!
+//! # Faults and invariants
+//!
+//! A [`FaultScenario`] can kill nodes (for a while or for good), take the controller down
+//! (it restarts from its persisted session counters), lose or delay packets for a spell and
+//! skew node clocks. Every run checks two invariants and fails with
+//! [`PlanError::Invariant`], which prints the seed:
+//!
+//! 1. **Floor**: while judged dark, no live lamp stays below its floor for longer than
+//!    `floor_grace_s` (17 minutes by default). The floor is the lower of the policy's
+//!    minimum level and the level the node's fail-safe profile gives at that time of night:
+//!    a lamp under a working controller is never commanded below the minimum, and one that
+//!    lost its controller falls back to the fail-safe profile after its silence timeout
+//!    (15 minutes). The grace is what the design allows a node that missed its lighting-up
+//!    command: the controller's refresh (5 minutes) or the node's silence timeout; a node
+//!    whose clock is skewed by a fault gets its skew on top (it sees dusk that much late).
+//!    Checked at each node wake-up (at least every 5 minutes).
+//! 2. **Convergence**: when the last transient fault heals, every live node must have
+//!    applied the controller's latest command for it within `converge_within_s` (10
+//!    minutes).
+//!
+//! Determinism: ChaCha8 generators seeded from the seed, `BTreeMap`s in outputs, no wall
+//! clock in the report: the same options give byte-identical JSON.
+
+mod bench;
+mod engine;
+pub mod faults;
+pub mod profile;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+
+pub use bench::{bench, BenchOptions};
+pub use engine::ZoneSeries;
+pub use faults::{Fault, FaultScenario, InvariantReport};
+use lamplighter_controller::core::policy::PolicyConfig;
+pub use lamplighter_controller::core::policy::POLICY_NAMES;
+use lamplighter_protocol::UnixMs;
+use lamplighter_town::{Town, TownError};
+pub use profile::DemandProfile;
+pub use report::{
+    write_html_report, Exposure, LateRises, Parameters, PlanReport, PolicyReport, TownSummary,
+    TrafficEventSummary,
+};
+use serde::{Deserialize, Serialize};
+
+/// 2024-11-04 12:00 UTC, a Monday in late autumn: long nights, byte-identical reports.
+pub const DEFAULT_START: UnixMs = UnixMs(1_730_721_600_000);
+/// A UK council tariff, 2023-24.
+pub const DEFAULT_TARIFF_GBP_PER_KWH: f64 = 0.294;
+/// UK grid carbon factor, 2024.
+pub const DEFAULT_CARBON_KG_PER_KWH: f64 = 0.20705;
+/// Where a procedural town stands (Cambridge, UK) unless told otherwise.
+pub const PROCEDURAL_CENTRE: (f64, f64) = (52.2053, 0.1218);
+/// The policies every run includes for the savings figures.
+pub const BASELINES: [&str; 2] = ["full", "part-night"];
+
+/// Which town to plan for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TownSource {
+    /// A folder or file [`Town::load`] understands (Cambridge GeoJSON, a points CSV).
+    Path(PathBuf),
+    /// [`Town::procedural`] around [`PROCEDURAL_CENTRE`].
+    Procedural { lamps: usize, seed: u64 },
+}
+
+/// How the link treats a lost packet.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossMode {
+    /// TCP resends it after `rto_ms`, doubling on each further loss.
+    Retransmit { rto_ms: u64 },
+    /// Gone for good (a datagram link, or a broker that dropped it).
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkConfig {
+    pub latency_min_ms: u64,
+    pub latency_max_ms: u64,
+    pub loss_pct: f64,
+    pub loss_mode: LossMode,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            latency_min_ms: 50,
+            latency_max_ms: 200,
+            loss_pct: 0.5,
+            loss_mode: LossMode::Retransmit { rto_ms: 1_000 },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanOptions {
+    pub town: TownSource,
+    /// Policy names, or `["all"]` for every one in [`POLICY_NAMES`]. `full` and
+    /// `part-night` are added when missing (the savings are measured against them).
+    pub policies: Vec<String>,
+    pub days: u32,
+    pub seed: u64,
+    /// Default [`DEFAULT_START`].
+    pub start: Option<UnixMs>,
+    pub tariff_gbp_per_kwh: f64,
+    pub carbon_kg_per_kwh: f64,
+    pub faults: FaultScenario,
+    pub link: LinkConfig,
+    /// Controller tick interval (s).
+    pub tick_s: u32,
+    /// Local time offset for schedules and demand; default: the town's longitude / 15 h,
+    /// whole hours (standard time, no daylight saving).
+    pub utc_offset_min: Option<i32>,
+    /// Multiplies every zone's demand.
+    pub demand_scale: f64,
+    /// Folder holding `demand/*.csv`; default `../shared/data`.
+    pub data_dir: Option<PathBuf>,
+    /// Threads for the policies (0: as many as the machine has, at most one per policy).
+    pub threads: usize,
+    /// Add `full` and `part-night` when missing (true by default; the savings need them).
+    pub baselines: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            town: TownSource::Procedural {
+                lamps: 300,
+                seed: 1,
+            },
+            policies: vec!["all".into()],
+            days: 1,
+            seed: 1,
+            start: None,
+            tariff_gbp_per_kwh: DEFAULT_TARIFF_GBP_PER_KWH,
+            carbon_kg_per_kwh: DEFAULT_CARBON_KG_PER_KWH,
+            faults: FaultScenario::none(),
+            link: LinkConfig::default(),
+            tick_s: 10,
+            utc_offset_min: None,
+            demand_scale: 1.0,
+            data_dir: None,
+            threads: 0,
+            baselines: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("town: {0}")]
+    Town(#[from] TownError),
+    #[error("unknown policy {0:?}; known: {known}", known = POLICY_NAMES.join(", "))]
+    UnknownPolicy(String),
+    #[error("bad options: {0}")]
+    Options(String),
+    #[error("invariant broken (policy {policy}, seed {seed}): {detail}")]
+    Invariant {
+        seed: u64,
+        policy: String,
+        detail: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("chart: {0}")]
+    Chart(String),
+}
+
+impl PlanOptions {
+    /// The policies to run, in order: the baselines first, then the rest as given.
+    pub fn expanded_policies(&self) -> Result<Vec<String>, PlanError> {
+        let mut out: Vec<String> = if self.baselines {
+            BASELINES.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        let wanted: Vec<String> = if self.policies.iter().any(|p| p == "all") {
+            POLICY_NAMES.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.policies.clone()
+        };
+        for p in wanted {
+            if PolicyConfig::named(&p).is_none() {
+                return Err(PlanError::UnknownPolicy(p));
+            }
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    fn validate(&self) -> Result<(), PlanError> {
+        let bad = |s: &str| Err(PlanError::Options(s.to_string()));
+        if self.days == 0 || self.days > 366 {
+            return bad("days must be 1 to 366");
+        }
+        if self.tick_s == 0 {
+            return bad("tick_s must be at least 1");
+        }
+        if !(0.0..=100.0).contains(&self.link.loss_pct) {
+            return bad("loss_pct must be 0 to 100");
+        }
+        if self.link.latency_min_ms > self.link.latency_max_ms {
+            return bad("latency_min_ms must not exceed latency_max_ms");
+        }
+        if !(self.demand_scale.is_finite() && self.demand_scale >= 0.0) {
+            return bad("demand_scale must be a non-negative number");
+        }
+        if let TownSource::Procedural { lamps: 0, .. } = self.town {
+            return bad("a procedural town needs at least one lamp");
+        }
+        Ok(())
+    }
+}
+
+/// Loads or builds the town of `opts`.
+pub fn load_town(source: &TownSource) -> Result<Town, PlanError> {
+    Ok(match source {
+        TownSource::Path(p) => Town::load(p)?,
+        TownSource::Procedural { lamps, seed } => {
+            Town::procedural(*lamps, *seed, PROCEDURAL_CENTRE)
+        }
+    })
+}
+
+/// Runs every policy of `opts` over the town and returns the report. `progress` is called
+/// with the share done (0 to 1) now and then, on the calling thread.
+pub fn run(opts: &PlanOptions, progress: &mut dyn FnMut(f64)) -> Result<PlanReport, PlanError> {
+    let town = load_town(&opts.town)?;
+    run_town(opts, &town, progress)
+}
+
+/// As [`run`], for a town already loaded.
+pub fn run_town(
+    opts: &PlanOptions,
+    town: &Town,
+    progress: &mut dyn FnMut(f64),
+) -> Result<PlanReport, PlanError> {
+    opts.validate()?;
+    let policies = opts.expanded_policies()?;
+    if town.lamps.is_empty() {
+        return Err(PlanError::Options(format!(
+            "town {} has no lamps",
+            town.name
+        )));
+    }
+    let mut warnings = Vec::new();
+    let profile = DemandProfile::load(opts.data_dir.as_deref(), &mut warnings);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let utc_offset_min = opts
+        .utc_offset_min
+        .unwrap_or_else(|| ((town.centre().1 / 15.0).round() * 60.0) as i32);
+    let start = opts.start.unwrap_or(DEFAULT_START).0;
+    let shared = engine::Shared::new(
+        town,
+        &profile,
+        start,
+        opts.days,
+        opts.seed,
+        utc_offset_min,
+        opts.tick_s as u64 * 1000,
+        opts.link.clone(),
+        opts.faults.clone(),
+        opts.demand_scale,
+    );
+    let configs: Vec<PolicyConfig> = policies
+        .iter()
+        .map(|p| {
+            let mut c =
+                PolicyConfig::named(p).ok_or_else(|| PlanError::UnknownPolicy(p.clone()))?;
+            c.utc_offset_min = utc_offset_min;
+            Ok(c)
+        })
+        .collect::<Result<_, PlanError>>()?;
+
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .clamp(1, policies.len());
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<engine::Outcome>>> = Mutex::new(vec![None; policies.len()]);
+    let (tx, rx) = mpsc::channel::<(usize, f64)>();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, results, configs, shared) = (&next, &results, &configs, &shared);
+            s.spawn(move || loop {
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                if k >= configs.len() {
+                    break;
+                }
+                let sim = engine::Sim::new(shared, configs[k].clone());
+                let outcome = sim.run(&mut |f| {
+                    let _ = tx.send((k, f));
+                });
+                if let Ok(mut r) = results.lock() {
+                    r[k] = Some(outcome);
+                }
+            });
+        }
+        drop(tx);
+        let mut done = vec![0.0; configs.len()];
+        for (k, f) in rx {
+            done[k] = f;
+            progress(done.iter().sum::<f64>() / done.len() as f64);
+        }
+    });
+    let outcomes: Vec<engine::Outcome> = results
+        .into_inner()
+        .map_err(|_| PlanError::Options("a policy run panicked".into()))?
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| PlanError::Options("a policy run did not finish".into()))?;
+    for (p, o) in policies.iter().zip(&outcomes) {
+        if let Some(v) = &o.invariants.violation {
+            return Err(PlanError::Invariant {
+                seed: opts.seed,
+                policy: p.clone(),
+                detail: v.clone(),
+            });
+        }
+    }
+    Ok(report::build(
+        opts,
+        town,
+        &shared,
+        &profile,
+        warnings,
+        utc_offset_min,
+        &policies,
+        outcomes,
+    ))
+}
+
+/// Where the default data folder is for this checkout (for tests and the CLI's help).
+pub fn default_data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+}

@@ -1,0 +1,305 @@
+//! Demand per zone: presence counts into fixed intervals, one forecaster per road-user mode,
+//! and the class the demand calls for.
+//!
+//! Every status report carries the pedestrians, cyclists and vehicles its node detected since
+//! its previous report. A road user passes every lamp of a street, so the zone's demand is the
+//! flow past one point: the interval's detections divided by the number of the zone's lamps
+//! that reported in it, per hour. When an interval ends (the first `handle_*` call after its
+//! end) each mode's flow feeds that mode's [`Forecaster`] (local wall-clock time from `now` and
+//! the configured UTC offset), and the zone's [`ClassSelector`] hears the classes down that the
+//! measured flow and the forecast's upper quantile over the lead time allow. The forecast of
+//! the total is the sum of the modes' forecasts; summing 90th percentiles over-states the total's
+//! 90th percentile, which errs on the side of light.
+
+use lamplighter_forecast::{Forecaster, ForecasterConfig};
+use lamplighter_protocol::payload::Presence;
+use lamplighter_protocol::{LightingClass, TenantId, UnixMs, ZoneId};
+use serde::{Deserialize, Serialize};
+
+use super::classes::{self, ClassSelector};
+use super::policy::{ClassInForce, PolicyConfig, Reason};
+
+/// A zone's road: the class its lamps are designed for at 100 % and the road users per hour
+/// it carries at capacity (the denominator of the traffic weighting).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneRoad {
+    pub design_class: LightingClass,
+    pub capacity_per_h: f64,
+}
+
+impl Default for ZoneRoad {
+    /// A residential street: P4, 600 road users per hour.
+    fn default() -> Self {
+        ZoneRoad {
+            design_class: LightingClass::P(4),
+            capacity_per_h: 600.0,
+        }
+    }
+}
+
+/// One zone's road in the controller's configuration (`[[controller.zones]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneParams {
+    /// Only this tenant's zone of that number; every tenant's when absent.
+    #[serde(default)]
+    pub tenant: Option<TenantId>,
+    pub zone: ZoneId,
+    pub design_class: LightingClass,
+    pub capacity_per_h: f64,
+}
+
+impl ZoneParams {
+    pub fn road(&self) -> ZoneRoad {
+        ZoneRoad {
+            design_class: self.design_class,
+            capacity_per_h: self.capacity_per_h,
+        }
+    }
+}
+
+/// Road-user modes, in the order of [`Presence`]'s fields.
+pub const MODES: [&str; 3] = ["pedestrians", "cyclists", "vehicles"];
+
+/// What the dashboard shows of a zone's demand.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct ZoneDemandView {
+    pub design_class: Option<LightingClass>,
+    /// The class in force (the one the demand calls for, after the UNI 11248 steps).
+    pub class: Option<LightingClass>,
+    /// Why that class: `schedule` (demand for the period), `forecast` (raised ahead of
+    /// demand), `fail-safe` (no demand data recently).
+    pub class_reason: Option<Reason>,
+    pub capacity_per_h: f64,
+    /// Flow past a point in the last complete interval, all modes.
+    pub demand_per_h: Option<f64>,
+    /// The same per mode: pedestrians, cyclists, vehicles.
+    pub demand_by_mode_per_h: Option<[f64; 3]>,
+    /// The forecast's horizon: the end of the lead time.
+    pub forecast_horizon_s: u32,
+    pub forecast_per_h: Option<f64>,
+    pub forecast_q10_per_h: Option<f64>,
+    pub forecast_q90_per_h: Option<f64>,
+    /// Highest upper quantile within the lead time: what the class rule compares.
+    pub forecast_q90_peak_per_h: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TotalForecast {
+    point: f64,
+    q10: f64,
+    q90: f64,
+    q90_peak: f64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ZoneState {
+    pub road: ZoneRoad,
+    /// Indices of this zone's lamps in the core.
+    pub lamps: Vec<usize>,
+    /// The interval being counted (ms since 1970 / interval length).
+    interval: Option<u64>,
+    counts: [u64; 3],
+    reporters: u32,
+    prev_reporters: u32,
+    last_report: Option<UnixMs>,
+    last_rates: Option<[f64; 3]>,
+    forecasters: [Forecaster; 3],
+    forecast: Option<TotalForecast>,
+    selector: ClassSelector,
+}
+
+impl ZoneState {
+    pub fn new(road: ZoneRoad, policy: &PolicyConfig) -> ZoneState {
+        let model = Forecaster::new(ForecasterConfig::for_step(policy.interval_s));
+        ZoneState {
+            road,
+            lamps: Vec::new(),
+            interval: None,
+            counts: [0; 3],
+            reporters: 0,
+            prev_reporters: 0,
+            last_report: None,
+            last_rates: None,
+            forecasters: [model.clone(), model.clone(), model],
+            forecast: None,
+            selector: ClassSelector::default(),
+        }
+    }
+
+    fn interval_ms(policy: &PolicyConfig) -> u64 {
+        policy.interval_s.max(1) as u64 * 1000
+    }
+
+    /// The interval holding `now`; ends any interval before it. Returns whether the class in
+    /// force changed.
+    pub fn advance(&mut self, now: UnixMs, policy: &PolicyConfig) -> bool {
+        let current = now.0 / Self::interval_ms(policy);
+        let Some(open) = self.interval else {
+            self.interval = Some(current);
+            return false;
+        };
+        if current <= open {
+            return false;
+        }
+        let mut changed = self.end_interval(open, policy);
+        if current > open + 1 {
+            // Whole intervals without a call: no data, nothing confirmed.
+            changed |= self
+                .selector
+                .end_interval(None, None, policy.confirm_intervals);
+            self.prev_reporters = 0;
+        }
+        self.interval = Some(current);
+        changed
+    }
+
+    fn end_interval(&mut self, index: u64, policy: &PolicyConfig) -> bool {
+        let per_h = 3600.0 / policy.interval_s.max(1) as f64;
+        let rates = (self.reporters > 0).then(|| {
+            self.counts
+                .map(|c| c as f64 / self.reporters as f64 * per_h)
+        });
+        let start_local_s =
+            (index * Self::interval_ms(policy) / 1000) as i64 + policy.utc_offset_min as i64 * 60;
+        for (k, f) in self.forecasters.iter_mut().enumerate() {
+            f.update(start_local_s, rates.map(|r| r[k]));
+        }
+        self.forecast = self.total_forecast(policy);
+        self.last_rates = rates;
+        self.prev_reporters = self.reporters;
+        self.reporters = 0;
+        self.counts = [0; 3];
+
+        let capacity = self.road.capacity_per_h.max(1e-9);
+        let measured = rates.map(|r| {
+            classes::classes_down(&policy.traffic_steps, r.iter().sum::<f64>() / capacity)
+        });
+        let forecast = self
+            .forecast
+            .filter(|_| policy.forecast_lead_s > 0)
+            .map(|f| classes::classes_down(&policy.traffic_steps, f.q90_peak / capacity));
+        self.selector
+            .end_interval(measured, forecast, policy.confirm_intervals)
+    }
+
+    fn total_forecast(&self, policy: &PolicyConfig) -> Option<TotalForecast> {
+        if self.forecasters.iter().all(|f| f.samples_seen() == 0) {
+            return None;
+        }
+        let lead = lead_steps(policy);
+        let mut total = TotalForecast {
+            point: 0.0,
+            q10: 0.0,
+            q90: 0.0,
+            q90_peak: 0.0,
+        };
+        for h in 1..=lead {
+            let mut q90 = 0.0;
+            for f in &self.forecasters {
+                let p = f.forecast(h);
+                q90 += p.q90;
+                if h == lead {
+                    total.point += p.point;
+                    total.q10 += p.q10;
+                }
+            }
+            if h == lead {
+                total.q90 = q90;
+            }
+            total.q90_peak = total.q90_peak.max(q90);
+        }
+        Some(total)
+    }
+
+    /// A report from one of this zone's lamps, first in the interval holding `now` when
+    /// `first_in_interval`. Returns whether the class in force rose.
+    pub fn count(
+        &mut self,
+        now: UnixMs,
+        presence: Presence,
+        first_in_interval: bool,
+        policy: &PolicyConfig,
+    ) -> bool {
+        self.last_report = Some(now);
+        if first_in_interval {
+            self.reporters += 1;
+        }
+        for (c, n) in
+            self.counts
+                .iter_mut()
+                .zip([presence.pedestrians, presence.cyclists, presence.vehicles])
+        {
+            *c += n as u64;
+        }
+        // The interval's flow can only grow from here (unless more lamps report): if what it
+        // holds already calls for a brighter class, rise now rather than at its end.
+        let lamps = self.reporters.max(self.prev_reporters).max(1) as f64;
+        let per_h = 3600.0 / policy.interval_s.max(1) as f64;
+        let so_far = self.counts.iter().sum::<u64>() as f64 / lamps * per_h;
+        let down = classes::classes_down(
+            &policy.traffic_steps,
+            so_far / self.road.capacity_per_h.max(1e-9),
+        );
+        self.selector.rise_to(down)
+    }
+
+    pub fn interval(&self) -> Option<u64> {
+        self.interval
+    }
+
+    /// Whether the zone has reported within the policy's staleness limit.
+    pub fn demand_known(&self, now: UnixMs, policy: &PolicyConfig) -> bool {
+        self.last_report
+            .is_some_and(|t| now.since(t) <= policy.demand_stale_s as u64 * 1000)
+    }
+
+    /// The class in force, or `None` when demand is unknown (no recent reports).
+    pub fn class_in_force(&self, now: UnixMs, policy: &PolicyConfig) -> Option<ClassInForce> {
+        if !self.demand_known(now, policy) {
+            return None;
+        }
+        let design = self.road.design_class;
+        Some(ClassInForce {
+            design,
+            class: classes::class_below(design, self.selector.down()),
+            reason: if self.selector.by_forecast() {
+                Reason::Forecast
+            } else {
+                Reason::Schedule
+            },
+        })
+    }
+
+    pub fn view(&self, now: UnixMs, policy: &PolicyConfig) -> ZoneDemandView {
+        let class = self.class_in_force(now, policy);
+        ZoneDemandView {
+            design_class: Some(self.road.design_class),
+            class: class.map(|c| c.class),
+            class_reason: Some(class.map_or(Reason::FailSafe, |c| c.reason)),
+            capacity_per_h: self.road.capacity_per_h,
+            demand_per_h: self.last_rates.map(|r| r.iter().sum()),
+            demand_by_mode_per_h: self.last_rates,
+            forecast_horizon_s: lead_steps(policy) * policy.interval_s,
+            forecast_per_h: self.forecast.map(|f| f.point),
+            forecast_q10_per_h: self.forecast.map(|f| f.q10),
+            forecast_q90_per_h: self.forecast.map(|f| f.q90),
+            forecast_q90_peak_per_h: self.forecast.map(|f| f.q90_peak),
+        }
+    }
+
+    /// Bytes the zone's forecasters hold.
+    #[cfg(test)]
+    pub fn forecaster_bytes(&self) -> usize {
+        self.forecasters.iter().map(|f| f.state_bytes()).sum()
+    }
+}
+
+/// Forecast horizons (intervals) the lead time covers: at least the interval under way.
+pub fn lead_steps(policy: &PolicyConfig) -> u32 {
+    policy
+        .forecast_lead_s
+        .div_ceil(policy.interval_s.max(1))
+        .max(1)
+}

@@ -1,0 +1,108 @@
+//! `lamplighter sim bench`: whole-system figures for planning mode.
+//!
+//! Two cases: (a) Cambridge MA, every policy, one day; (b) a procedural town of 72,000 lamps
+//! (Glasgow's count), one policy, one day. Each reports wall time and simulated
+//! lamp-seconds per wall second (lamps x simulated seconds x policies / wall seconds).
+//! The figures are for people; no test asserts on them.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::{load_town, run_town, PlanOptions, TownSource};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Cambridge's folder; the case is skipped (and says why) when it is missing.
+    pub cambridge_dir: PathBuf,
+    pub procedural_lamps: usize,
+    pub procedural_policy: String,
+    pub days: u32,
+    pub seed: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            cambridge_dir: super::default_data_dir().join("town/cambridge_ma"),
+            procedural_lamps: 72_000,
+            procedural_policy: "profile-reactive".into(),
+            days: 1,
+            seed: 1,
+        }
+    }
+}
+
+fn case(name: &str, opts: &PlanOptions) -> serde_json::Value {
+    let t0 = Instant::now();
+    let town = match load_town(&opts.town) {
+        Ok(t) => t,
+        Err(e) => return json!({ "case": name, "skipped": e.to_string() }),
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let result = run_town(opts, &town, &mut |_| {});
+    let run_s = t1.elapsed().as_secs_f64();
+    match result {
+        Ok(r) => {
+            let policies = r.policy_order.len();
+            let lamp_s = town.lamps.len() as f64 * opts.days as f64 * 86_400.0 * policies as f64;
+            let events: u64 = r.policies.values().map(|p| p.events).sum();
+            json!({
+                "case": name,
+                "lamps": town.lamps.len(),
+                "policies": r.policy_order,
+                "days": opts.days,
+                "load_wall_s": load_s,
+                "run_wall_s": run_s,
+                "simulated_lamp_seconds": lamp_s,
+                "lamp_seconds_per_wall_second": lamp_s / run_s.max(1e-9),
+                "events": events,
+                "events_per_wall_second": events as f64 / run_s.max(1e-9),
+            })
+        }
+        Err(e) => json!({ "case": name, "error": e.to_string() }),
+    }
+}
+
+/// Runs both cases and returns their figures.
+pub fn bench(opts: &BenchOptions) -> serde_json::Value {
+    let cambridge = PlanOptions {
+        town: TownSource::Path(opts.cambridge_dir.clone()),
+        policies: vec!["all".into()],
+        days: opts.days,
+        seed: opts.seed,
+        ..PlanOptions::default()
+    };
+    let big = PlanOptions {
+        town: TownSource::Procedural {
+            lamps: opts.procedural_lamps,
+            seed: opts.seed,
+        },
+        policies: vec![opts.procedural_policy.clone()],
+        days: opts.days,
+        seed: opts.seed,
+        ..PlanOptions::default()
+    };
+    // One policy for the big town: the baselines are not added here.
+    let big_case = {
+        let mut v = case_single(&big);
+        v["case"] = json!(format!(
+            "procedural {} lamps, {}",
+            opts.procedural_lamps, opts.procedural_policy
+        ));
+        v
+    };
+    json!({
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "cases": [case("cambridge_ma, all policies", &cambridge), big_case],
+    })
+}
+
+/// One policy only (no baselines): runs the engine directly.
+fn case_single(opts: &PlanOptions) -> serde_json::Value {
+    let mut o = opts.clone();
+    o.baselines = false;
+    case("procedural", &o)
+}

@@ -1,0 +1,1225 @@
+//! The event-driven run of one policy: nodes, controller, link and road users in virtual time.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use lamplighter_controller::core::policy::PolicyConfig;
+use lamplighter_controller::core::ZoneParams;
+use lamplighter_controller::{ControllerConfig, ControllerCore, ProvisionedNode};
+use lamplighter_edge::core::{NodeConfig, NodeCore, Sample};
+use lamplighter_edge::RoadUser;
+use lamplighter_protocol::lorawan::{AesKey, SessionKeys};
+use lamplighter_protocol::payload::{FailSafeProfile, NodeMode};
+use lamplighter_protocol::{sun, topics, DevAddr, DevEui, LampId, TenantId, UnixMs};
+use lamplighter_town::{distance_m, LedPowerModel, RoadKind, Town};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::faults::{Fault, FaultScenario, InvariantReport};
+use super::profile::DemandProfile;
+use super::{LinkConfig, LossMode};
+
+const MIN_MS: u64 = 60_000;
+/// Road users are generated in slots of this length.
+const SLOT_MS: u64 = 300_000;
+/// Zone series sampling step for the charts.
+pub(crate) const SAMPLE_MS: u64 = 600_000;
+/// Passages in the first and last minutes of darkness are not judged (photocell and command
+/// latency at lighting-up and switch-off).
+pub(crate) const TWILIGHT_MARGIN_MS: u64 = 120_000;
+/// A presence sensor sees a road user this far from the column.
+pub(crate) const SENSOR_RANGE_M: f64 = 20.0;
+/// Probability that a sensor detects a passing road user.
+pub(crate) const DETECTION_P: f64 = 0.95;
+/// A node's silence timeout before its fail-safe profile takes over.
+pub(crate) const SILENCE_TIMEOUT_S: u16 = 900;
+pub(crate) const REPORT_INTERVAL_S: u32 = 300;
+
+const USERS: [RoadUser; 3] = [RoadUser::Pedestrian, RoadUser::Cyclist, RoadUser::Vehicle];
+
+pub(crate) fn speed_mps(who: RoadUser) -> f64 {
+    match who {
+        RoadUser::Pedestrian => 1.4,
+        RoadUser::Cyclist => 5.0,
+        RoadUser::Vehicle => 12.0,
+    }
+}
+
+pub(crate) fn user_name(who: RoadUser) -> &'static str {
+    match who {
+        RoadUser::Pedestrian => "pedestrian",
+        RoadUser::Cyclist => "cyclist",
+        RoadUser::Vehicle => "vehicle",
+    }
+}
+
+/// Peak-hour flow as a share of the road's capacity, and the mix of (pedestrians,
+/// cyclists, vehicles).
+fn kind_demand(kind: RoadKind) -> (f64, [f64; 3]) {
+    match kind {
+        RoadKind::Arterial => (0.45, [0.12, 0.08, 0.80]),
+        RoadKind::Major => (0.35, [0.15, 0.10, 0.75]),
+        RoadKind::Local => (0.10, [0.40, 0.15, 0.45]),
+        RoadKind::Cycleway => (0.06, [0.25, 0.75, 0.0]),
+        RoadKind::Footway => (0.05, [0.85, 0.15, 0.0]),
+    }
+}
+
+/// A crowd: extra road users per hour on some zones for a while.
+#[derive(Debug, Clone)]
+pub(crate) struct TrafficEvent {
+    pub name: String,
+    pub zones: Vec<u32>,
+    pub from: u64,
+    pub until: u64,
+    /// Extra (pedestrians, cyclists, vehicles) per hour on each zone.
+    pub extra_per_h: [f64; 3],
+}
+
+pub(crate) struct ZoneInfo {
+    pub peak_per_h: f64,
+    pub mix: [f64; 3],
+    pub capacity_per_h: f64,
+    /// Metres between lamp k and k+1 of the zone.
+    pub gaps_m: Vec<f32>,
+    pub one_way: bool,
+    /// Required level (%) at 0, 1 and 2 classes below the design class.
+    pub required_pct: [f32; 3],
+    /// Events touching this zone (indices into `Shared::events`).
+    pub events: Vec<u16>,
+}
+
+/// Everything the policy runs share (built once, read by all threads).
+pub(crate) struct Shared<'a> {
+    pub town: &'a Town,
+    pub profile: &'a DemandProfile,
+    pub start: u64,
+    pub end: u64,
+    pub utc_offset_min: i32,
+    pub tick_ms: u64,
+    pub link: LinkConfig,
+    pub faults: FaultScenario,
+    pub seed: u64,
+    pub zones: Vec<ZoneInfo>,
+    pub events: Vec<TrafficEvent>,
+    /// Darkness at the town centre per minute, from `start - 10 min`.
+    dark: Vec<bool>,
+    pub keys: Vec<SessionKeys>,
+    pub power: Vec<LedPowerModel>,
+    pub tenant: TenantId,
+    pub topics_up: Vec<String>,
+    pub busy_zone: u32,
+    pub quiet_zone: u32,
+    /// For each fault, the nodes it touches (NodesDown, ClockSkew).
+    pub fault_nodes: Vec<Vec<u32>>,
+    pub skew_ms: Vec<i64>,
+    pub fail_safe: FailSafeProfile,
+}
+
+fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn unit(x: u64) -> f64 {
+    (mix64(x) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl<'a> Shared<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        town: &'a Town,
+        profile: &'a DemandProfile,
+        start: u64,
+        days: u32,
+        seed: u64,
+        utc_offset_min: i32,
+        tick_ms: u64,
+        link: LinkConfig,
+        faults: FaultScenario,
+        demand_scale: f64,
+    ) -> Self {
+        let end = start + days as u64 * 86_400_000;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5CE7_A210);
+        let centre = town.centre();
+        let zones: Vec<ZoneInfo> = town
+            .zones
+            .iter()
+            .map(|z| {
+                let (share, mix) = kind_demand(z.road_kind);
+                let peak = z.capacity_per_h * share * rng.gen_range(0.4..1.6) * demand_scale;
+                let gaps_m = z
+                    .lamps
+                    .windows(2)
+                    .map(|w| {
+                        distance_m(
+                            town.lamps[w[0].0 as usize].position(),
+                            town.lamps[w[1].0 as usize].position(),
+                        )
+                        .clamp(1.0, 500.0) as f32
+                    })
+                    .collect();
+                let one_way = town.road_of(z.lamps[0]).is_some_and(|r| r.one_way);
+                let n = z.design_class.number() as i32;
+                let required_pct = [0, 1, 2].map(|k| {
+                    if k == 0 {
+                        100.0
+                    } else {
+                        z.design_class
+                            .level_pct_for(z.design_class.with_number(n + k))
+                    }
+                });
+                ZoneInfo {
+                    peak_per_h: peak,
+                    mix,
+                    capacity_per_h: z.capacity_per_h.max(1.0),
+                    gaps_m,
+                    one_way,
+                    required_pct,
+                    events: Vec::new(),
+                }
+            })
+            .collect();
+        // Darkness per minute at the centre, with margins either side of the run.
+        let first = start.saturating_sub(10 * MIN_MS);
+        let minutes = (end + 10 * MIN_MS - first) / MIN_MS + 1;
+        let dark = (0..minutes)
+            .map(|m| sun::is_dark(centre.0, centre.1, UnixMs(first + m * MIN_MS)))
+            .collect();
+        let keys = (0..town.lamps.len())
+            .map(|_| {
+                let mut a = [0u8; 16];
+                let mut b = [0u8; 16];
+                rng.fill(&mut a);
+                rng.fill(&mut b);
+                SessionKeys {
+                    nwk_s_key: AesKey(a),
+                    app_s_key: AesKey(b),
+                }
+            })
+            .collect();
+        let power = town.lamps.iter().map(|l| l.power_model()).collect();
+        let tenant = TenantId::new("plan").expect("a valid tenant id");
+        let topics_up = (0..town.lamps.len())
+            .map(|i| topics::uplink(&tenant, dev_eui(i)))
+            .collect();
+        let mut shared = Shared {
+            town,
+            profile,
+            start,
+            end,
+            utc_offset_min,
+            tick_ms,
+            link,
+            faults,
+            seed,
+            zones,
+            events: Vec::new(),
+            dark,
+            keys,
+            power,
+            tenant,
+            topics_up,
+            busy_zone: 0,
+            quiet_zone: 0,
+            fault_nodes: Vec::new(),
+            skew_ms: vec![0; town.lamps.len()],
+            fail_safe: FailSafeProfile::part_night(utc_offset_min as i16, SILENCE_TIMEOUT_S),
+        };
+        shared.pick_chart_zones();
+        shared.make_events(&mut rng, days);
+        shared.pick_fault_nodes(&mut rng);
+        shared
+    }
+
+    fn pick_chart_zones(&mut self) {
+        let mut best: Option<(f64, u32)> = None;
+        let mut least: Option<(f64, u32)> = None;
+        for (i, z) in self.zones.iter().enumerate() {
+            if self.town.zones[i].lamps.len() < 4 {
+                continue;
+            }
+            let r = z.peak_per_h;
+            if best.is_none_or(|(b, _)| r > b) {
+                best = Some((r, i as u32));
+            }
+            if least.is_none_or(|(b, _)| r < b) {
+                least = Some((r, i as u32));
+            }
+        }
+        self.busy_zone = best.map_or(0, |b| b.1);
+        self.quiet_zone = least.map_or(0, |b| b.1);
+    }
+
+    /// Local midnight (as UTC ms) of the local day containing `t`.
+    fn local_midnight(&self, t: u64) -> u64 {
+        let off = self.utc_offset_min as i64 * MIN_MS as i64;
+        let local = t as i64 + off;
+        (local.div_euclid(86_400_000) * 86_400_000 - off) as u64
+    }
+
+    fn local_days(&self, t: u64) -> i64 {
+        (t as i64 + self.utc_offset_min as i64 * MIN_MS as i64).div_euclid(86_400_000)
+    }
+
+    fn make_events(&mut self, rng: &mut ChaCha8Rng, days: u32) {
+        let n = self.zones.len();
+        if n == 0 {
+            return;
+        }
+        // Pubs: a few local and major streets empty at 23:00 local every night, twice as
+        // busy on Friday and Saturday.
+        let pub_zones: Vec<u32> = (0..n as u32)
+            .filter(|&z| {
+                matches!(
+                    self.town.zones[z as usize].road_kind,
+                    RoadKind::Local | RoadKind::Major
+                )
+            })
+            .filter(|_| rng.gen_bool(0.04))
+            .collect();
+        let mut day = self.local_midnight(self.start);
+        while day < self.end {
+            let wd = super::profile::weekday(self.local_days(day + 3_600_000));
+            let f = if wd == 4 || wd == 5 { 2.0 } else { 1.0 };
+            if !pub_zones.is_empty() {
+                self.events.push(TrafficEvent {
+                    name: "pub closing time".into(),
+                    zones: pub_zones.clone(),
+                    from: day + 23 * 3_600_000,
+                    until: day + 23 * 3_600_000 + 45 * MIN_MS,
+                    extra_per_h: [120.0 * f, 10.0 * f, 20.0 * f],
+                });
+            }
+            day += 86_400_000;
+        }
+        // A match: the crowd leaves a ground near a busy road at 21:45 local on the first day.
+        let big: Vec<u32> = (0..n as u32)
+            .filter(|&z| {
+                matches!(
+                    self.town.zones[z as usize].road_kind,
+                    RoadKind::Arterial | RoadKind::Major
+                )
+            })
+            .collect();
+        if !big.is_empty() && days >= 1 {
+            let centre_zone = big[rng.gen_range(0..big.len())];
+            let at = self.town.lamps[self.town.zones[centre_zone as usize].lamps[0].0 as usize]
+                .position();
+            let mut near: Vec<(u64, u32)> = (0..n as u32)
+                .map(|z| {
+                    let p =
+                        self.town.lamps[self.town.zones[z as usize].lamps[0].0 as usize].position();
+                    ((distance_m(at, p) * 10.0) as u64, z)
+                })
+                .filter(|&(d, _)| d <= 6_000)
+                .collect();
+            near.sort();
+            near.truncate(8);
+            let from = self.local_midnight(self.start + 12 * 3_600_000) + (21 * 60 + 45) * MIN_MS;
+            self.events.push(TrafficEvent {
+                name: "match ends".into(),
+                zones: near.into_iter().map(|(_, z)| z).collect(),
+                from,
+                until: from + 60 * MIN_MS,
+                extra_per_h: [700.0, 60.0, 250.0],
+            });
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            for &z in &e.zones {
+                self.zones[z as usize].events.push(i as u16);
+            }
+        }
+    }
+
+    fn pick_fault_nodes(&mut self, rng: &mut ChaCha8Rng) {
+        let n = self.town.lamps.len() as u32;
+        for f in &self.faults.faults {
+            let chosen: Vec<u32> = match f {
+                Fault::NodesDown { share, .. } | Fault::ClockSkew { share, .. } => (0..n)
+                    .filter(|_| rng.gen_bool(share.clamp(0.0, 1.0)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if let Fault::ClockSkew { max_skew_s, .. } = f {
+                let max = *max_skew_s as i64 * 1000;
+                for &i in &chosen {
+                    self.skew_ms[i as usize] = rng.gen_range(-max..=max);
+                }
+            }
+            self.fault_nodes.push(chosen);
+        }
+    }
+
+    pub fn dark_at(&self, t: u64) -> bool {
+        let first = self.start.saturating_sub(10 * MIN_MS);
+        let m = (t.saturating_sub(first) / MIN_MS) as usize;
+        self.dark.get(m).copied().unwrap_or(false)
+    }
+
+    /// Whether a lamp must meet its required level now: dark, and not within the twilight
+    /// margin of lighting-up or switch-off.
+    pub fn judged(&self, t: u64) -> bool {
+        self.dark_at(t)
+            && self.dark_at(t.saturating_sub(TWILIGHT_MARGIN_MS))
+            && self.dark_at(t + TWILIGHT_MARGIN_MS)
+    }
+
+    /// Expected road users per hour of each kind passing a point of zone `z` at `t`.
+    pub fn rates_per_h(&self, z: usize, t: u64) -> [f64; 3] {
+        let info = &self.zones[z];
+        let local_s = UnixMs(t).local_seconds_of_day(self.utc_offset_min);
+        let days = self.local_days(t);
+        let mut out = [0.0; 3];
+        for (k, who) in USERS.iter().enumerate() {
+            out[k] = info.peak_per_h * info.mix[k] * self.profile.at(*who, days, local_s);
+        }
+        for &e in &info.events {
+            let e = &self.events[e as usize];
+            if (e.from..e.until).contains(&t) {
+                for (o, x) in out.iter_mut().zip(e.extra_per_h) {
+                    *o += x;
+                }
+            }
+        }
+        out
+    }
+
+    /// Classes below the design class the demand allows (UNI 11248 thresholds).
+    pub fn class_drop(&self, z: usize, t: u64) -> usize {
+        let flow: f64 = self.rates_per_h(z, t).iter().sum();
+        let ratio = flow / self.zones[z].capacity_per_h;
+        if ratio >= 0.5 {
+            0
+        } else if ratio >= 0.25 {
+            1
+        } else {
+            2
+        }
+    }
+
+    pub fn required_pct(&self, z: usize, t: u64) -> f32 {
+        if !self.judged(t) {
+            return 0.0;
+        }
+        self.zones[z].required_pct[self.class_drop(z, t)]
+    }
+}
+
+pub(crate) fn dev_eui(i: usize) -> DevEui {
+    DevEui(0x70B3_D57E_D000_0000 + i as u64)
+}
+
+fn dev_addr(i: usize) -> DevAddr {
+    DevAddr(0x2600_0000 + i as u32)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    trip: u64,
+    zone: u32,
+    pos: u32,
+    dir: i8,
+    who: RoadUser,
+    speed: f32,
+}
+
+enum Ev {
+    Tick,
+    Wake(u32),
+    Up(u32, Vec<u8>),
+    Down(u32, Vec<u8>),
+    Slot,
+    Detect(u32, RoadUser),
+    Pass(Step),
+    Sample,
+    FaultOn(u16),
+    FaultOff(u16),
+    ConvergeCheck(u64),
+}
+
+struct Item {
+    t: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, o: &Self) -> bool {
+        self.t == o.t && self.seq == o.seq
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.t, o.seq).cmp(&(self.t, self.seq))
+    }
+}
+
+struct Node {
+    core: NodeCore,
+    alive: bool,
+    last_ms: u64,
+    last_power_w: f32,
+    next_wake: u64,
+    below_since: Option<u64>,
+    converged: bool,
+}
+
+/// A zone's figures over time, for the charts.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ZoneSeries {
+    pub zone: u32,
+    pub name: String,
+    pub road_kind: String,
+    pub design_class: String,
+    pub lamps: usize,
+    /// Hours since the start of the run, one point per sample.
+    pub t_h: Vec<f64>,
+    /// Expected road users per hour past a point of the zone.
+    pub demand_per_h: Vec<f64>,
+    /// Passages past the zone's lamps in the sample interval.
+    pub passages: Vec<u64>,
+    pub mean_level_pct: Vec<f64>,
+    pub required_level_pct: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Outcome {
+    pub energy_wh: f64,
+    pub energy_by_hour_wh: Vec<f64>,
+    pub passages: u64,
+    pub judged: BTreeMap<&'static str, u64>,
+    pub underlit: BTreeMap<&'static str, u64>,
+    pub late_rise_passages: u64,
+    pub late_rise_s: f64,
+    pub level_changes: u64,
+    pub uplinks_sent: u64,
+    pub downlinks_sent: u64,
+    pub packets_lost: u64,
+    pub packets_retransmitted: u64,
+    pub uplinks_accepted: u64,
+    pub uplinks_rejected: u64,
+    pub uplinks_unheard: u64,
+    pub downlinks_applied: u64,
+    pub events_processed: u64,
+    pub busy: ZoneSeries,
+    pub quiet: ZoneSeries,
+    pub invariants: InvariantReport,
+}
+
+pub(crate) struct Sim<'s, 'a> {
+    sh: &'s Shared<'a>,
+    policy: PolicyConfig,
+    heap: BinaryHeap<Item>,
+    seq: u64,
+    nodes: Vec<Node>,
+    ctrl: Option<ControllerCore>,
+    provisioned: Vec<ProvisionedNode>,
+    last_cmd: Vec<Option<u8>>,
+    traffic_rng: ChaCha8Rng,
+    link_rng: ChaCha8Rng,
+    next_trip: u64,
+    /// Active transient faults: their count, and the loss and delay they add.
+    active: u32,
+    fault_loss_pct: f64,
+    fault_delay_ms: u64,
+    pending_heal: Option<u64>,
+    floor_by_minute: Vec<u8>,
+    zone_passages: [u64; 2],
+    out: Outcome,
+}
+
+impl<'s, 'a> Sim<'s, 'a> {
+    pub fn new(sh: &'s Shared<'a>, policy: PolicyConfig) -> Self {
+        let provisioned: Vec<ProvisionedNode> = sh
+            .town
+            .lamps
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ProvisionedNode {
+                lamp: LampId(i as u32),
+                tenant: sh.tenant.clone(),
+                dev_eui: dev_eui(i),
+                dev_addr: dev_addr(i),
+                keys: sh.keys[i],
+                zone: l.zone,
+                lat: l.lat,
+                lon: l.lon,
+                rated_power_w: l.rated_power_w,
+                last_fcnt_up: None,
+                next_fcnt_down: 0,
+                last_energy_dwh: None,
+            })
+            .collect();
+        let nodes = (0..sh.town.lamps.len())
+            .map(|i| {
+                let core = NodeCore::new(sh.node_config(i), sh.node_now(i, sh.start), 0, 0.0);
+                let level = core.level_pct(sh.node_now(i, sh.start));
+                Node {
+                    core,
+                    alive: true,
+                    last_ms: sh.start,
+                    last_power_w: sh.power[i].input_power_w(level),
+                    next_wake: u64::MAX,
+                    below_since: None,
+                    converged: true,
+                }
+            })
+            .collect();
+        let ctrl = ControllerCore::new(sh.controller_config(&policy), provisioned.clone()).ok();
+        let floor_by_minute = (0..1440u16)
+            .map(|m| policy.min_level_pct.min(sh.fail_safe.level_at_minute(m)))
+            .collect();
+        let hours = ((sh.end - sh.start) / 3_600_000) as usize;
+        let series = |z: u32| {
+            let zone = &sh.town.zones[z as usize];
+            ZoneSeries {
+                zone: z,
+                name: zone.name.clone(),
+                road_kind: zone.road_kind.to_string(),
+                design_class: zone.design_class.to_string(),
+                lamps: zone.lamps.len(),
+                ..ZoneSeries::default()
+            }
+        };
+        let mut sim = Sim {
+            sh,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            nodes,
+            ctrl,
+            provisioned,
+            last_cmd: vec![None; sh.town.lamps.len()],
+            traffic_rng: ChaCha8Rng::seed_from_u64(sh.seed),
+            link_rng: ChaCha8Rng::seed_from_u64(sh.seed ^ 0x11_4C_1E),
+            next_trip: 0,
+            active: 0,
+            fault_loss_pct: 0.0,
+            fault_delay_ms: 0,
+            pending_heal: None,
+            floor_by_minute,
+            zone_passages: [0; 2],
+            out: Outcome {
+                energy_by_hour_wh: vec![0.0; hours.max(1)],
+                busy: series(sh.busy_zone),
+                quiet: series(sh.quiet_zone),
+                ..Outcome::default()
+            },
+            policy,
+        };
+        sim.push(sh.start, Ev::Tick);
+        sim.push(sh.start, Ev::Slot);
+        sim.push(sh.start, Ev::Sample);
+        for i in 0..sim.nodes.len() {
+            sim.push(sh.start, Ev::Wake(i as u32));
+            sim.nodes[i].next_wake = sh.start;
+        }
+        for (k, f) in sh.faults.faults.iter().enumerate() {
+            let (from, until) = match f {
+                Fault::NodesDown {
+                    from_s, until_s, ..
+                } => (Some(*from_s), *until_s),
+                Fault::ControllerDown { from_s, until_s }
+                | Fault::PacketLoss {
+                    from_s, until_s, ..
+                }
+                | Fault::PacketDelay {
+                    from_s, until_s, ..
+                } => (Some(*from_s), Some(*until_s)),
+                Fault::ClockSkew { .. } => (None, None),
+            };
+            if let Some(from) = from {
+                sim.push(sh.start + from * 1000, Ev::FaultOn(k as u16));
+            }
+            if let Some(until) = until {
+                sim.push(sh.start + until * 1000, Ev::FaultOff(k as u16));
+            }
+        }
+        sim
+    }
+
+    fn push(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Item {
+            t,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    /// Runs to the end; `progress` gets the share of virtual time done now and then.
+    pub fn run(mut self, progress: &mut dyn FnMut(f64)) -> Outcome {
+        let span = (self.sh.end - self.sh.start).max(1) as f64;
+        let mut next_report = self.sh.start;
+        while let Some(Item { t, ev, .. }) = self.heap.pop() {
+            if t >= self.sh.end {
+                break;
+            }
+            if t >= next_report {
+                progress((t - self.sh.start) as f64 / span);
+                next_report = t + 3_600_000;
+            }
+            self.out.events_processed += 1;
+            self.handle(t, ev);
+        }
+        let end = self.sh.end;
+        for i in 0..self.nodes.len() {
+            self.account(i, end);
+        }
+        progress(1.0);
+        self.out.energy_wh = self.out.energy_by_hour_wh.iter().sum();
+        self.out
+    }
+
+    fn handle(&mut self, now: u64, ev: Ev) {
+        match ev {
+            Ev::Tick => {
+                if let Some(c) = self.ctrl.as_mut() {
+                    c.handle_tick(UnixMs(now));
+                    self.drain_controller(now);
+                }
+                self.push(now + self.sh.tick_ms, Ev::Tick);
+            }
+            Ev::Wake(i) => {
+                let n = &mut self.nodes[i as usize];
+                if n.next_wake != now {
+                    return;
+                }
+                n.next_wake = u64::MAX;
+                let i = i as usize;
+                let power = self.sh.power[i];
+                let lux = if self.sh.dark_at(now) { 0.5 } else { 10_000.0 };
+                self.touch(i, now, |core, nn| {
+                    let level = core.level_pct(nn);
+                    core.handle_sample(
+                        nn,
+                        Sample {
+                            power_w: power.input_power_w(level),
+                            ambient_lux: lux,
+                            faults: Default::default(),
+                        },
+                    );
+                    core.handle_timeout(nn);
+                });
+                self.check_floor(i, now);
+            }
+            Ev::Up(i, frame) => {
+                let Some(c) = self.ctrl.as_mut() else {
+                    self.out.uplinks_unheard += 1;
+                    return;
+                };
+                match c.handle_uplink(UnixMs(now), &self.sh.topics_up[i as usize], &frame) {
+                    Ok(_) => self.out.uplinks_accepted += 1,
+                    Err(_) => self.out.uplinks_rejected += 1,
+                }
+                self.drain_controller(now);
+            }
+            Ev::Down(i, frame) => {
+                let mut applied = false;
+                self.touch(i as usize, now, |core, nn| {
+                    applied = core.handle_downlink(nn, &frame).is_ok();
+                });
+                if applied {
+                    self.out.downlinks_applied += 1;
+                }
+            }
+            Ev::Slot => {
+                self.generate_slot(now);
+                self.push(now + SLOT_MS, Ev::Slot);
+            }
+            Ev::Detect(lamp, who) => {
+                self.touch(lamp as usize, now, |core, nn| core.handle_presence(nn, who));
+            }
+            Ev::Pass(step) => self.pass(now, step),
+            Ev::Sample => {
+                self.sample(now);
+                self.push(now + SAMPLE_MS, Ev::Sample);
+            }
+            Ev::FaultOn(k) => self.fault_on(now, k as usize),
+            Ev::FaultOff(k) => self.fault_off(now, k as usize),
+            Ev::ConvergeCheck(heal) => self.converge_check(heal),
+        }
+    }
+
+    fn drain_controller(&mut self, now: u64) {
+        let Some(c) = self.ctrl.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(o) = c.poll_command() {
+            out.push(o);
+        }
+        while c.poll_event().is_some() {}
+        for o in out {
+            let i = o.lamp.0 as usize;
+            self.last_cmd[i] = Some(o.level_pct);
+            self.out.downlinks_sent += 1;
+            if let Some(t) = self.link_delay(now) {
+                self.push(t, Ev::Down(i as u32, o.frame));
+            }
+        }
+    }
+
+    /// When a packet sent now arrives, or None if it is lost.
+    fn link_delay(&mut self, now: u64) -> Option<u64> {
+        let l = &self.sh.link;
+        let rng = &mut self.link_rng;
+        if self.fault_loss_pct > 0.0 && rng.gen_bool((self.fault_loss_pct / 100.0).min(1.0)) {
+            self.out.packets_lost += 1;
+            return None;
+        }
+        let mut delay = rng.gen_range(l.latency_min_ms..=l.latency_max_ms.max(l.latency_min_ms))
+            + self.fault_delay_ms;
+        let p = (l.loss_pct / 100.0).clamp(0.0, 1.0);
+        match l.loss_mode {
+            LossMode::Drop => {
+                if rng.gen_bool(p) {
+                    self.out.packets_lost += 1;
+                    return None;
+                }
+            }
+            LossMode::Retransmit { rto_ms } => {
+                let mut rto = rto_ms;
+                while rng.gen_bool(p) {
+                    self.out.packets_retransmitted += 1;
+                    delay += rto;
+                    rto = rto.saturating_mul(2);
+                }
+            }
+        }
+        Some(now + delay)
+    }
+
+    fn account(&mut self, i: usize, now: u64) {
+        let n = &mut self.nodes[i];
+        if now <= n.last_ms {
+            return;
+        }
+        let p_now = if n.alive {
+            self.sh.power[i].input_power_w(n.core.level_pct(self.sh.node_now(i, now)))
+        } else {
+            0.0
+        };
+        // Power is linear between wake-ups (ramps end at one); split at the hours.
+        let (t0, p0) = (n.last_ms, n.last_power_w as f64);
+        let slope = (p_now as f64 - p0) / (now - t0) as f64;
+        let last = self.out.energy_by_hour_wh.len() - 1;
+        let mut a = t0;
+        while a < now {
+            let h = ((a - self.sh.start) / 3_600_000) as usize;
+            let b = now.min(self.sh.start + (h as u64 + 1) * 3_600_000);
+            let pa = p0 + slope * (a - t0) as f64;
+            let pb = p0 + slope * (b - t0) as f64;
+            self.out.energy_by_hour_wh[h.min(last)] +=
+                (pa + pb) / 2.0 * (b - a) as f64 / 3_600_000.0;
+            a = b;
+        }
+        n.last_ms = now;
+        n.last_power_w = p_now;
+    }
+
+    /// Runs one input through a node: energy up to now, the input, then its uplinks, and
+    /// its next wake-up.
+    fn touch(&mut self, i: usize, now: u64, f: impl FnOnce(&mut NodeCore, UnixMs)) {
+        if !self.nodes[i].alive {
+            return;
+        }
+        self.account(i, now);
+        let nn = self.sh.node_now(i, now);
+        let n = &mut self.nodes[i];
+        let before = n.core.target_pct();
+        f(&mut n.core, nn);
+        if n.core.target_pct() != before {
+            self.out.level_changes += 1;
+        }
+        let mut frames = Vec::new();
+        while let Some(frame) = n.core.poll_transmit(nn) {
+            frames.push(frame);
+        }
+        if self.pending_heal.is_some()
+            && !n.converged
+            && n.core.mode(nn) == NodeMode::Commanded
+            && self.last_cmd[i] == Some(n.core.target_pct() as u8)
+        {
+            n.converged = true;
+            let heal = self.pending_heal.unwrap_or(now);
+            let inv = &mut self.out.invariants;
+            inv.slowest_convergence_s = inv.slowest_convergence_s.max((now - heal) / 1000);
+        }
+        // A commanded node's minute wake-ups change nothing (its target is the command, and
+        // a hold or silence ending is a deadline of its own): skip them, exactly.
+        let mut due = n.core.poll_timeout(nn);
+        for _ in 0..10 {
+            if !due.0.is_multiple_of(MIN_MS) || n.core.mode(due) != NodeMode::Commanded {
+                break;
+            }
+            let next = n.core.poll_timeout(due);
+            if next <= due {
+                break;
+            }
+            due = next;
+        }
+        let wake = self.sh.virtual_time_of(i, due).max(now);
+        let n = &mut self.nodes[i];
+        if wake < n.next_wake {
+            n.next_wake = wake;
+            self.push(wake, Ev::Wake(i as u32));
+        }
+        for frame in frames {
+            self.out.uplinks_sent += 1;
+            if let Some(t) = self.link_delay(now) {
+                self.push(t, Ev::Up(i as u32, frame));
+            }
+        }
+    }
+
+    fn check_floor(&mut self, i: usize, now: u64) {
+        if !self.nodes[i].alive || !self.sh.judged(now) {
+            self.nodes[i].below_since = None;
+            return;
+        }
+        let nn = self.sh.node_now(i, now);
+        let minute = (UnixMs(now).local_seconds_of_day(self.sh.utc_offset_min) / 60) as usize;
+        let floor = self.floor_by_minute[minute.min(1439)] as f32;
+        let n = &mut self.nodes[i];
+        let level = n.core.level_pct(nn);
+        let inv = &mut self.out.invariants;
+        inv.floor_checks += 1;
+        if level + 0.5 >= floor {
+            n.below_since = None;
+            return;
+        }
+        inv.below_floor_lamp_minutes += 1;
+        let since = *n.below_since.get_or_insert(now);
+        let for_s = (now - since) / 1000;
+        inv.longest_below_floor_s = inv.longest_below_floor_s.max(for_s);
+        // A node whose clock is off sees dusk that much late.
+        let grace_s = self.sh.faults.floor_grace_s + self.sh.skew_ms[i].unsigned_abs() / 1000;
+        if for_s > grace_s && inv.violation.is_none() {
+            inv.violation = Some(format!(
+                "lamp {i} stayed below its floor ({floor:.0} %) at {level:.1} % for {for_s} s \
+                 while dark, at {} s into the run (allowed: {} s)",
+                (now - self.sh.start) / 1000,
+                grace_s
+            ));
+        }
+    }
+
+    fn fault_on(&mut self, now: u64, k: usize) {
+        let f = self.sh.faults.faults[k].clone();
+        if f.heals_at_s().is_some() {
+            self.active += 1;
+            self.pending_heal = None;
+        }
+        match f {
+            Fault::NodesDown { .. } => {
+                for j in self.sh.fault_nodes[k].clone() {
+                    let j = j as usize;
+                    self.account(j, now);
+                    let n = &mut self.nodes[j];
+                    n.alive = false;
+                    n.next_wake = u64::MAX;
+                    n.below_since = None;
+                }
+            }
+            Fault::ControllerDown { .. } => {
+                if let Some(c) = self.ctrl.take() {
+                    // What a real controller persists: the session counters.
+                    for (p, (_, up, down, energy)) in
+                        self.provisioned.iter_mut().zip(c.session_counters())
+                    {
+                        p.last_fcnt_up = up;
+                        p.next_fcnt_down = down;
+                        p.last_energy_dwh = energy;
+                    }
+                }
+            }
+            Fault::PacketLoss { loss_pct, .. } => self.fault_loss_pct += loss_pct,
+            Fault::PacketDelay { extra_ms, .. } => self.fault_delay_ms += extra_ms,
+            Fault::ClockSkew { .. } => {}
+        }
+    }
+
+    fn fault_off(&mut self, now: u64, k: usize) {
+        match self.sh.faults.faults[k].clone() {
+            Fault::NodesDown { .. } => {
+                for j in self.sh.fault_nodes[k].clone() {
+                    let j = j as usize;
+                    let nn = self.sh.node_now(j, now);
+                    let old = &self.nodes[j].core;
+                    let (fcnt, energy) = (old.fcnt_up(), old.energy_wh());
+                    let core = NodeCore::new(self.sh.node_config(j), nn, fcnt, energy);
+                    let n = &mut self.nodes[j];
+                    n.core = core;
+                    n.alive = true;
+                    n.last_ms = now;
+                    n.last_power_w = 0.0;
+                    n.next_wake = now;
+                    self.push(now, Ev::Wake(j as u32));
+                }
+            }
+            Fault::ControllerDown { .. } => {
+                self.ctrl = ControllerCore::new(
+                    self.sh.controller_config(&self.policy),
+                    self.provisioned.clone(),
+                )
+                .ok();
+                self.last_cmd.iter_mut().for_each(|c| *c = None);
+            }
+            Fault::PacketLoss { loss_pct, .. } => {
+                self.fault_loss_pct = (self.fault_loss_pct - loss_pct).max(0.0)
+            }
+            Fault::PacketDelay { extra_ms, .. } => {
+                self.fault_delay_ms = self.fault_delay_ms.saturating_sub(extra_ms)
+            }
+            Fault::ClockSkew { .. } => {}
+        }
+        self.active = self.active.saturating_sub(1);
+        if self.active == 0 {
+            self.pending_heal = Some(now);
+            for n in &mut self.nodes {
+                n.converged = !n.alive;
+            }
+            self.out.invariants.heals_checked += 1;
+            self.push(
+                now + self.sh.faults.converge_within_s * 1000,
+                Ev::ConvergeCheck(now),
+            );
+        }
+    }
+
+    fn converge_check(&mut self, heal: u64) {
+        if self.pending_heal != Some(heal) {
+            return;
+        }
+        self.pending_heal = None;
+        let stragglers: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive && !self.nodes[i].converged)
+            .collect();
+        if let (Some(&i), None) = (stragglers.first(), &self.out.invariants.violation) {
+            self.out.invariants.violation = Some(format!(
+                "{} live lamps had not applied the controller's latest command {} s after \
+                 the faults healed at {} s into the run (e.g. lamp {i}: node target {:.0} %, \
+                 commanded {:?})",
+                stragglers.len(),
+                self.sh.faults.converge_within_s,
+                (heal - self.sh.start) / 1000,
+                self.nodes[i].core.target_pct(),
+                self.last_cmd[i],
+            ));
+        }
+    }
+
+    fn generate_slot(&mut self, now: u64) {
+        // Road users only matter while lamps may be lit: skip slots in full daylight.
+        let lit = (0..=7).any(|k| {
+            self.sh
+                .dark_at((now + k * 5 * MIN_MS).saturating_sub(15 * MIN_MS))
+        });
+        if !lit {
+            return;
+        }
+        let mid = now + SLOT_MS / 2;
+        for z in 0..self.sh.zones.len() {
+            let rates = self.sh.rates_per_h(z, mid);
+            let n_lamps = self.sh.town.zones[z].lamps.len() as u32;
+            for (k, who) in USERS.iter().enumerate() {
+                // Trips run from a random lamp to the zone's end, covering half the zone
+                // on average, so twice the flow starts to give the flow past each lamp.
+                let lambda = rates[k] * 2.0 * SLOT_MS as f64 / 3_600_000.0;
+                let count = poisson(&mut self.traffic_rng, lambda);
+                for _ in 0..count {
+                    let t = now + self.traffic_rng.gen_range(0..SLOT_MS);
+                    let pos = self.traffic_rng.gen_range(0..n_lamps);
+                    let dir = if self.sh.zones[z].one_way || self.traffic_rng.gen_bool(0.5) {
+                        1
+                    } else {
+                        -1
+                    };
+                    let speed = (speed_mps(*who) * self.traffic_rng.gen_range(0.8..1.2)) as f32;
+                    let step = Step {
+                        trip: self.next_trip,
+                        zone: z as u32,
+                        pos,
+                        dir,
+                        who: *who,
+                        speed,
+                    };
+                    self.next_trip += 1;
+                    let lead = (SENSOR_RANGE_M / speed as f64 * 1000.0) as u64;
+                    self.schedule_detect(step, t.saturating_sub(lead).max(now));
+                    self.push(t, Ev::Pass(step));
+                }
+            }
+        }
+    }
+
+    fn lamp_of(&self, step: &Step) -> u32 {
+        self.sh.town.zones[step.zone as usize].lamps[step.pos as usize].0
+    }
+
+    fn schedule_detect(&mut self, step: Step, t: u64) {
+        let lamp = self.lamp_of(&step);
+        if unit(step.trip.wrapping_mul(0x1_0000_0001) ^ lamp as u64 ^ self.sh.seed) < DETECTION_P {
+            self.push(t, Ev::Detect(lamp, step.who));
+        }
+    }
+
+    fn pass(&mut self, now: u64, step: Step) {
+        let z = step.zone as usize;
+        let i = self.lamp_of(&step) as usize;
+        self.out.passages += 1;
+        if step.zone == self.sh.busy_zone {
+            self.zone_passages[0] += 1;
+        }
+        if step.zone == self.sh.quiet_zone {
+            self.zone_passages[1] += 1;
+        }
+        if self.sh.judged(now) {
+            let name = user_name(step.who);
+            *self.out.judged.entry(name).or_default() += 1;
+            let required = self.sh.required_pct(z, now);
+            let nn = self.sh.node_now(i, now);
+            let n = &self.nodes[i];
+            let (level, target) = if n.alive {
+                (n.core.level_pct(nn), n.core.target_pct())
+            } else {
+                (0.0, 0.0)
+            };
+            if level + 0.5 < required {
+                *self.out.underlit.entry(name).or_default() += 1;
+            }
+            if level + 0.01 < target {
+                let later = n.core.level_pct(nn.plus_ms(100));
+                let slope_per_s = (later - level) * 10.0;
+                if slope_per_s > 0.0 {
+                    self.out.late_rise_passages += 1;
+                    self.out.late_rise_s += ((target - level) / slope_per_s) as f64;
+                }
+            }
+        }
+        // On to the next lamp.
+        let next = step.pos as i64 + step.dir as i64;
+        let n_lamps = self.sh.town.zones[z].lamps.len() as i64;
+        if next < 0 || next >= n_lamps {
+            return;
+        }
+        let gap = self.sh.zones[z].gaps_m[step.pos.min(next as u32) as usize] as f64;
+        let speed = step.speed as f64;
+        let t_pass = now + (gap / speed * 1000.0) as u64;
+        let t_detect = now + ((gap - SENSOR_RANGE_M).max(0.0) / speed * 1000.0) as u64;
+        let step = Step {
+            pos: next as u32,
+            ..step
+        };
+        self.schedule_detect(step, t_detect);
+        self.push(t_pass, Ev::Pass(step));
+    }
+
+    fn sample(&mut self, now: u64) {
+        let t_h = (now - self.sh.start) as f64 / 3_600_000.0;
+        for (k, z) in [self.sh.busy_zone, self.sh.quiet_zone]
+            .into_iter()
+            .enumerate()
+        {
+            let lamps = &self.sh.town.zones[z as usize].lamps;
+            let mut sum = 0.0;
+            for l in lamps {
+                let i = l.0 as usize;
+                let n = &self.nodes[i];
+                if n.alive {
+                    sum += n.core.level_pct(self.sh.node_now(i, now)) as f64;
+                }
+            }
+            let demand: f64 = self.sh.rates_per_h(z as usize, now).iter().sum();
+            let required = self.sh.required_pct(z as usize, now) as f64;
+            let s = if k == 0 {
+                &mut self.out.busy
+            } else {
+                &mut self.out.quiet
+            };
+            s.t_h.push(t_h);
+            s.demand_per_h.push(round(demand, 2));
+            s.passages.push(self.zone_passages[k]);
+            s.mean_level_pct
+                .push(round(sum / lamps.len().max(1) as f64, 2));
+            s.required_level_pct.push(round(required, 2));
+            self.zone_passages[k] = 0;
+        }
+    }
+}
+
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+impl Shared<'_> {
+    /// The controller knows each zone's road (design class and capacity), as a council
+    /// would configure it.
+    fn controller_config(&self, policy: &PolicyConfig) -> ControllerConfig {
+        ControllerConfig {
+            policy: policy.clone(),
+            report_interval_s: REPORT_INTERVAL_S,
+            zones: self
+                .town
+                .zones
+                .iter()
+                .map(|z| ZoneParams {
+                    tenant: None,
+                    zone: z.id,
+                    design_class: z.design_class,
+                    capacity_per_h: z.capacity_per_h,
+                })
+                .collect(),
+            ..ControllerConfig::default()
+        }
+    }
+
+    fn node_config(&self, i: usize) -> NodeConfig {
+        let l = &self.town.lamps[i];
+        let mut c = NodeConfig::new(dev_eui(i), dev_addr(i), self.keys[i], l.lat, l.lon);
+        c.report_interval_s = REPORT_INTERVAL_S;
+        c.fail_safe = self.fail_safe.clone();
+        c
+    }
+
+    /// The node's own clock (skewed by a clock fault).
+    fn node_now(&self, i: usize, t: u64) -> UnixMs {
+        UnixMs((t as i64 + self.skew_ms[i]).max(0) as u64)
+    }
+
+    fn virtual_time_of(&self, i: usize, t: UnixMs) -> u64 {
+        (t.0 as i64 - self.skew_ms[i]).max(0) as u64
+    }
+}
+
+fn poisson(rng: &mut ChaCha8Rng, lambda: f64) -> u32 {
+    if lambda <= 0.0 {
+        return 0;
+    }
+    if lambda < 30.0 {
+        let l = (-lambda).exp();
+        let mut k = 0;
+        let mut p = 1.0;
+        loop {
+            p *= rng.gen::<f64>();
+            if p <= l {
+                return k;
+            }
+            k += 1;
+        }
+    }
+    let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.gen();
+    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    (lambda + lambda.sqrt() * z).round().max(0.0) as u32
+}
