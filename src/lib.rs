@@ -5,6 +5,7 @@
 pub mod cli_lorawan;
 pub mod cli_nodes;
 pub mod cli_sim;
+pub mod cli_store;
 mod lorawan_bench;
 pub mod lorawan_system;
 pub mod system;

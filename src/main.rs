@@ -62,6 +62,10 @@ enum Command {
         #[command(subcommand)]
         command: ForecastCommand,
     },
+    /// Exports readings, daily energy or the audit trail as CSV (works while running).
+    Export(lamplighter::cli_store::ExportArgs),
+    /// Copies the store to FILE with SQLite's online backup (safe while running).
+    Backup(lamplighter::cli_store::BackupArgs),
 }
 
 #[derive(Args)]
@@ -98,6 +102,8 @@ struct DemoArgs {
     /// The lighting policy: profile-reactive, full, part-night, reactive or adaptive.
     #[arg(long, default_value = "profile-reactive")]
     policy: String,
+    #[command(flatten)]
+    influx: lamplighter::cli_store::InfluxArgs,
 }
 
 #[derive(Args)]
@@ -111,6 +117,8 @@ struct ServeArgs {
     mqtt_port: Option<u16>,
     #[arg(long)]
     http_port: Option<u16>,
+    #[command(flatten)]
+    influx: lamplighter::cli_store::InfluxArgs,
 }
 
 #[derive(Subcommand)]
@@ -212,6 +220,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Export(args) => lamplighter::cli_store::export(args),
+        Command::Backup(args) => lamplighter::cli_store::backup(args),
         Command::Forecast {
             command:
                 ForecastCommand::Eval {
@@ -314,6 +324,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     };
     config.mqtt_listen.set_port(args.mqtt_port);
     config.http_listen.set_port(args.http_port);
+    config.store.influx = args.influx.config()?;
     config.udp_listen = args
         .udp_port
         .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
@@ -433,6 +444,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(p) = args.http_port {
         config.http_listen.set_port(p);
     }
+    config.store.influx = args.influx.config()?;
     config.validate()?;
     let data_dir = config.data_dir()?;
     let (system, nodes) = system::start(&config, &data_dir, ScaledClock::system()).await?;

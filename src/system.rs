@@ -34,6 +34,8 @@ pub struct SystemConfig {
     /// Seconds between the controller's re-decisions of every lamp (real time).
     pub tick_interval_s: f64,
     pub controller: ControllerConfig,
+    /// Retention and the InfluxDB sink (`[store.retention]`; the sink from flags).
+    pub store: lamplighter_controller::store::StoreOptions,
 }
 
 impl Default for SystemConfig {
@@ -46,6 +48,7 @@ impl Default for SystemConfig {
             udp_listen: None,
             tick_interval_s: 1.0,
             controller: ControllerConfig::default(),
+            store: Default::default(),
         }
     }
 }
@@ -141,9 +144,15 @@ pub async fn start(
         .collect();
     let auth_store = Mutex::new(Store::open(data_dir)?);
     let expected = controller_password.clone();
+    // Nodes are let in once the controller listens, so no uplink is published to no one.
+    let uplinks_subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listening = uplinks_subscribed.clone();
     let auth: lamplighter_broker::Authenticator = Arc::new(move |_client, user, pass| {
         if user == CONTROLLER_USER {
             return pass == expected;
+        }
+        if !listening.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
         }
         let store = auth_store.lock().unwrap_or_else(|p| p.into_inner());
         match store.check_mqtt_credentials(user, pass) {
@@ -176,7 +185,7 @@ pub async fn start(
         ),
         None => None,
     };
-    let (writer, store_thread) = StoreWriter::start(store);
+    let (writer, store_thread) = StoreWriter::start_with(store, &config.store);
     let (controller, mut tasks) = service::start(
         core,
         writer,
@@ -188,6 +197,7 @@ pub async fn start(
             mqtt_username: CONTROLLER_USER.into(),
             mqtt_password: controller_password,
             tick_interval: Duration::from_secs_f64(config.tick_interval_s),
+            uplinks_subscribed,
         },
     );
 

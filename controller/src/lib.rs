@@ -4,10 +4,13 @@
 //!   payload), the policy, commands as ready-made frames. Time is an argument.
 //! - [`store`]: SQLite (rusqlite, bundled, WAL): provisioned nodes and their credentials,
 //!   readings, commands, rejections. Writes are batched on their own thread.
+//! - [`influx`]: the InfluxDB sink: points spooled in SQLite with the readings, written in
+//!   batches with retries, each exactly once.
 //! - [`service`]: tokio glue. Subscribes to every tenant's uplinks over MQTT, feeds the core,
 //!   publishes its commands, hands events to the store and a shared handle to the API.
 
 pub mod core;
+pub mod influx;
 pub mod service;
 pub mod store;
 

@@ -9,19 +9,44 @@
 //! The API reads the core through [`ControllerHandle`], under a mutex held only to copy a
 //! view out.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use lamplighter_protocol::lorawan::AesKey;
 use lamplighter_protocol::time::ScaledClock;
-use lamplighter_protocol::{topics, TenantId, UnixMs};
+use lamplighter_protocol::{topics, DevEui, LampId, TenantId, UnixMs};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::core::{ControllerCore, LampView, Summary, ZoneView};
-use crate::store::StoreWriter;
+use crate::store::{Committed, StoreWriter};
+
+/// The topic on which the controller acknowledges a node's readings once they are stored:
+/// `lamplighter/{tenant}/ack/{dev_eui}`.
+pub fn ack_topic(tenant: &TenantId, dev_eui: DevEui) -> String {
+    format!("{}/{tenant}/ack/{dev_eui}", topics::ROOT)
+}
+
+/// An acknowledgement: "every reading up to FCnt `fcnt` that reached me is on disk". Eight
+/// bytes: the FCnt (u32 little-endian) and the first four bytes of
+/// AES-CMAC(NwkSKey, "lamplighter-ack" | DevEUI (u64 big-endian) | FCnt (u32 LE)), so that
+/// no one but the controller can make a node drop what it holds (the broker has no ACLs).
+pub fn ack_payload(nwk_s_key: &AesKey, dev_eui: DevEui, fcnt: u32) -> [u8; 8] {
+    use cmac::Mac;
+    let mut mac = <cmac::Cmac<aes::Aes128> as Mac>::new_from_slice(nwk_s_key.as_bytes())
+        .expect("AES-128 takes a 16-byte key");
+    mac.update(b"lamplighter-ack");
+    mac.update(&dev_eui.0.to_be_bytes());
+    mac.update(&fcnt.to_le_bytes());
+    let tag = mac.finalize().into_bytes();
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&fcnt.to_le_bytes());
+    out[4..].copy_from_slice(&tag[..4]);
+    out
+}
 
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -32,6 +57,10 @@ pub struct ServiceConfig {
     pub mqtt_password: String,
     /// How often, in real time, every lamp is re-decided.
     pub tick_interval: Duration,
+    /// Set while the controller's uplink subscription stands. The broker should let nodes
+    /// in only then: a frame published with no subscriber is gone, and a later frame's ack
+    /// would tell its node to forget it.
+    pub uplinks_subscribed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Counters of the service around the core.
@@ -42,6 +71,8 @@ pub struct ServiceMetrics {
     /// Commands that waited because the MQTT client's queue was full.
     pub commands_deferred: AtomicU64,
     pub mqtt_disconnects: AtomicU64,
+    /// Acknowledgements published to nodes (after their readings were stored).
+    pub acks_published: AtomicU64,
 }
 
 struct Shared {
@@ -174,10 +205,18 @@ pub fn start(
     options.set_max_packet_size(64 * 1024, 64 * 1024);
     let (client, mut eventloop) = AsyncClient::new(options, 10_000);
     let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(65_536);
+    let (replay_tx, replay_rx) = mpsc::unbounded_channel::<DevEui>();
+    let acker = spawn_acker(
+        handle.clone(),
+        client.clone(),
+        store.subscribe_commits(),
+        replay_rx,
+    );
 
     let net = {
         let handle = handle.clone();
         let client = client.clone();
+        let subscribed = config.uplinks_subscribed.clone();
         tokio::spawn(async move {
             let mut down_logged = false;
             loop {
@@ -197,6 +236,9 @@ pub fn start(
                             }
                         });
                     }
+                    Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                        subscribed.store(true, Ordering::SeqCst);
+                    }
                     Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                         handle
                             .shared
@@ -209,6 +251,7 @@ pub fn start(
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        subscribed.store(false, Ordering::SeqCst);
                         handle
                             .shared
                             .metrics
@@ -233,6 +276,7 @@ pub fn start(
             let mut pending: VecDeque<(String, Vec<u8>)> = VecDeque::new();
             let mut logged_kinds: HashSet<&'static str> = HashSet::new();
             let mut batch = Vec::with_capacity(1024);
+            let mut next_zone_points = handle.now();
             loop {
                 let mut ticked = false;
                 tokio::select! {
@@ -254,6 +298,15 @@ pub fn start(
                     let mut core = handle.core();
                     for (topic, payload) in batch.drain(..) {
                         if let Err(r) = core.handle_uplink(now, &topic, &payload) {
+                            // A frame the controller already has: the node did not hear
+                            // (or not yet) that it is stored; say so again.
+                            if r.kind() == "replay" {
+                                if let Ok(topics::Topic::Uplink { dev_eui, .. }) =
+                                    topics::parse(&topic)
+                                {
+                                    let _ = replay_tx.send(dev_eui);
+                                }
+                            }
                             if logged_kinds.insert(r.kind()) {
                                 tracing::warn!(reason = %r, %topic, "uplink rejected (further rejections of this kind are counted, not logged)");
                             }
@@ -261,6 +314,13 @@ pub fn start(
                     }
                     if ticked {
                         core.handle_tick(now);
+                        if store.influx_enabled() && now >= next_zone_points {
+                            next_zone_points = now.plus_ms(60_000);
+                            store.spool_lines(crate::influx::zone_lines(
+                                &core.zones(now, None),
+                                now,
+                            ));
+                        }
                     }
                     while let Some(c) = core.poll_command() {
                         pending.push_back((c.topic, c.frame));
@@ -294,5 +354,88 @@ pub fn start(
             }
         })
     };
-    (handle, vec![net, decide])
+    (handle, vec![net, decide, acker])
+}
+
+struct AckTarget {
+    topic: String,
+    key: AesKey,
+    dev_eui: DevEui,
+    /// The highest FCnt of this node's readings known to be on disk.
+    durable: Option<u32>,
+}
+
+/// Acknowledges readings to their nodes once the store has committed them, and again when
+/// a node resends one the controller already has. Acks are QoS 0 and best effort: a lost
+/// ack only means the node resends, which the core rejects as a replay and this task
+/// answers with a fresh ack.
+fn spawn_acker(
+    handle: ControllerHandle,
+    client: AsyncClient,
+    mut commits: tokio::sync::mpsc::UnboundedReceiver<Committed>,
+    mut replays: mpsc::UnboundedReceiver<DevEui>,
+) -> JoinHandle<()> {
+    // At start the core's counters are the store's: durable.
+    let mut by_lamp: HashMap<LampId, AckTarget> = HashMap::new();
+    let mut by_eui: HashMap<DevEui, LampId> = HashMap::new();
+    handle.with_core(|core, _| {
+        let lamps: Vec<_> = core.session_counters().map(|c| (c.0, c.1)).collect();
+        for (lamp, last_up) in lamps {
+            if let Some(n) = core.node(lamp) {
+                by_eui.insert(n.dev_eui, lamp);
+                by_lamp.insert(
+                    lamp,
+                    AckTarget {
+                        topic: ack_topic(&n.tenant, n.dev_eui),
+                        key: n.keys.nwk_s_key,
+                        dev_eui: n.dev_eui,
+                        durable: last_up,
+                    },
+                );
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let publish = |t: &AckTarget| {
+            let Some(fcnt) = t.durable else { return };
+            let payload = ack_payload(&t.key, t.dev_eui, fcnt);
+            if client
+                .try_publish(t.topic.as_str(), QoS::AtMostOnce, false, payload.to_vec())
+                .is_ok()
+            {
+                handle
+                    .shared
+                    .metrics
+                    .acks_published
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        loop {
+            tokio::select! {
+                c = commits.recv() => {
+                    let Some(stored) = c else { return };
+                    let mut touched = Vec::new();
+                    for (lamp, fcnt) in stored {
+                        if let Some(t) = by_lamp.get_mut(&lamp) {
+                            if t.durable.is_none_or(|d| fcnt > d) {
+                                t.durable = Some(fcnt);
+                            }
+                            touched.push(lamp);
+                        }
+                    }
+                    touched.sort_unstable();
+                    touched.dedup();
+                    for lamp in touched {
+                        publish(&by_lamp[&lamp]);
+                    }
+                }
+                r = replays.recv() => {
+                    let Some(eui) = r else { return };
+                    if let Some(t) = by_eui.get(&eui).and_then(|l| by_lamp.get(l)) {
+                        publish(t);
+                    }
+                }
+            }
+        }
+    })
 }

@@ -8,9 +8,10 @@
 //! Writes go through [`StoreWriter`]: a thread of its own that takes events in batches and
 //! writes each batch in one transaction, off the controller's hot path.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use lamplighter_protocol::lorawan::{AesKey, SessionKeys};
@@ -21,9 +22,16 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::core::{Event, ProvisionedNode};
 
+mod history;
+pub use history::{HistoryPoint, Resolution, Retention};
+mod export;
+pub use export::{backup, ExportWhat};
+#[cfg(test)]
+mod tests_history;
+
 pub const DB_FILE: &str = "lamplighter.sqlite";
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,6 +75,33 @@ pub struct StoredNode {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Each lamp's tenant and zone, for the rollups (filled on first use).
+    zone_of: HashMap<u32, (String, u32)>,
+    /// Whether readings, commands and zone points also go to the InfluxDB spool.
+    influx_spool: bool,
+    retention: Retention,
+    last_retention: Option<std::time::Instant>,
+}
+
+/// Upserts one reading into a rollup table (`{table}` is `rollup_15m` or `rollup_1d`).
+fn rollup_upsert_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (lamp_id, bucket_s, tenant, zone, readings, level_pct_sum,
+            level_pct_min, level_pct_max, power_w_sum, energy_dwh, pedestrians, cyclists,
+            vehicles, fault_readings)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (lamp_id, bucket_s) DO UPDATE SET
+            readings = readings + 1,
+            level_pct_sum = level_pct_sum + excluded.level_pct_sum,
+            level_pct_min = min(level_pct_min, excluded.level_pct_min),
+            level_pct_max = max(level_pct_max, excluded.level_pct_max),
+            power_w_sum = power_w_sum + excluded.power_w_sum,
+            energy_dwh = energy_dwh + excluded.energy_dwh,
+            pedestrians = pedestrians + excluded.pedestrians,
+            cyclists = cyclists + excluded.cyclists,
+            vehicles = vehicles + excluded.vehicles,
+            fault_readings = fault_readings + excluded.fault_readings"
+    )
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -125,6 +160,67 @@ const MIGRATIONS: &[&str] = &[
         kind TEXT NOT NULL,
         detail TEXT NOT NULL
      );",
+    // 2: history. A lamp's readings by the reading's own time; 15-minute and daily rollups
+    // per lamp (kept for years after the raw readings go), with the zone in each row so a
+    // zone's history is one index range; the spool of points for an InfluxDB sink; an index
+    // for the audit export.
+    "CREATE INDEX readings_lamp_time ON readings(lamp_id, reading_time_s);
+     CREATE TABLE rollup_15m (
+        lamp_id INTEGER NOT NULL,
+        bucket_s INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        zone INTEGER NOT NULL,
+        readings INTEGER NOT NULL,
+        level_pct_sum INTEGER NOT NULL,
+        level_pct_min INTEGER NOT NULL,
+        level_pct_max INTEGER NOT NULL,
+        power_w_sum REAL NOT NULL,
+        energy_dwh INTEGER NOT NULL,
+        pedestrians INTEGER NOT NULL,
+        cyclists INTEGER NOT NULL,
+        vehicles INTEGER NOT NULL,
+        fault_readings INTEGER NOT NULL,
+        PRIMARY KEY (lamp_id, bucket_s)
+     ) WITHOUT ROWID;
+     CREATE INDEX rollup_15m_zone ON rollup_15m(tenant, zone, bucket_s);
+     CREATE TABLE rollup_1d (
+        lamp_id INTEGER NOT NULL,
+        bucket_s INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        zone INTEGER NOT NULL,
+        readings INTEGER NOT NULL,
+        level_pct_sum INTEGER NOT NULL,
+        level_pct_min INTEGER NOT NULL,
+        level_pct_max INTEGER NOT NULL,
+        power_w_sum REAL NOT NULL,
+        energy_dwh INTEGER NOT NULL,
+        pedestrians INTEGER NOT NULL,
+        cyclists INTEGER NOT NULL,
+        vehicles INTEGER NOT NULL,
+        fault_readings INTEGER NOT NULL,
+        PRIMARY KEY (lamp_id, bucket_s)
+     ) WITHOUT ROWID;
+     CREATE INDEX rollup_1d_zone ON rollup_1d(tenant, zone, bucket_s);
+     INSERT INTO rollup_15m
+        SELECT r.lamp_id, r.reading_time_s / 900 * 900, n.tenant, n.zone, COUNT(*),
+               SUM(r.level_pct), MIN(r.level_pct), MAX(r.level_pct), SUM(r.power_w),
+               SUM(r.energy_delta_dwh), SUM(r.pedestrians), SUM(r.cyclists), SUM(r.vehicles),
+               SUM(r.faults != 0)
+        FROM readings r JOIN nodes n ON n.lamp_id = r.lamp_id
+        GROUP BY r.lamp_id, r.reading_time_s / 900;
+     INSERT INTO rollup_1d
+        SELECT r.lamp_id, r.reading_time_s / 86400 * 86400, n.tenant, n.zone, COUNT(*),
+               SUM(r.level_pct), MIN(r.level_pct), MAX(r.level_pct), SUM(r.power_w),
+               SUM(r.energy_delta_dwh), SUM(r.pedestrians), SUM(r.cyclists), SUM(r.vehicles),
+               SUM(r.faults != 0)
+        FROM readings r JOIN nodes n ON n.lamp_id = r.lamp_id
+        GROUP BY r.lamp_id, r.reading_time_s / 86400;
+     CREATE INDEX commands_time ON commands(sent_ms);
+     CREATE INDEX rejections_time ON rejections(at_ms);
+     CREATE TABLE influx_spool (
+        id INTEGER PRIMARY KEY,
+        line TEXT NOT NULL
+     );",
 ];
 
 impl Store {
@@ -146,7 +242,14 @@ impl Store {
             .map_err(sql)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql)?;
-        let mut store = Store { conn, path };
+        let mut store = Store {
+            conn,
+            path,
+            zone_of: HashMap::new(),
+            influx_spool: false,
+            retention: Retention::default(),
+            last_retention: None,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -424,13 +527,67 @@ impl Store {
     }
 
     /// Writes a batch of events in one transaction. Readings already stored (same node and
-    /// FCnt) are ignored, so a resent frame is kept once.
-    pub fn write_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
+    /// FCnt) are ignored, so a resent frame is kept once; a reading that is new also goes into
+    /// its lamp's 15-minute and daily rollups (and the InfluxDB spool, if on) in the same
+    /// transaction, so rollups and spool count every reading exactly once, whatever crashes.
+    /// Returns the readings newly stored, `(lamp, fcnt)`: what may now be acknowledged.
+    pub fn write_events(&mut self, events: &[Event]) -> Result<Vec<(LampId, u32)>, StoreError> {
+        self.write_batch(events, &[])
+    }
+
+    /// Queues line-protocol points for the InfluxDB sink (zone demand and forecasts). Does
+    /// nothing unless the spool is on.
+    pub fn spool_lines(&mut self, lines: &[String]) -> Result<(), StoreError> {
+        self.write_batch(&[], lines).map(|_| ())
+    }
+
+    /// Turns the InfluxDB spool on: from now on every new reading, command and zone point is
+    /// also queued (in the same transaction) for the sink.
+    pub fn set_influx_spool(&mut self, on: bool) {
+        self.influx_spool = on;
+    }
+
+    fn lamp_zone(&mut self, lamp: u32) -> Result<Option<(String, u32)>, StoreError> {
+        if let Some(z) = self.zone_of.get(&lamp) {
+            return Ok(Some(z.clone()));
+        }
+        let z: Option<(String, u32)> = self
+            .conn
+            .query_row(
+                "SELECT tenant, zone FROM nodes WHERE lamp_id = ?1",
+                [lamp],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        if let Some(z) = &z {
+            self.zone_of.insert(lamp, z.clone());
+        }
+        Ok(z)
+    }
+
+    fn write_batch(
+        &mut self,
+        events: &[Event],
+        lines: &[String],
+    ) -> Result<Vec<(LampId, u32)>, StoreError> {
+        // Zones first, outside the transaction's statements (cached after the first look).
+        let mut zones = Vec::with_capacity(events.len());
+        for e in events {
+            zones.push(match e {
+                Event::Reading { lamp, .. } | Event::CommandSent { lamp, .. } => {
+                    self.lamp_zone(lamp.0)?
+                }
+                Event::Rejected { .. } => None,
+            });
+        }
+        let spool = self.influx_spool;
         let path = self.path.clone();
         let sql = move |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
+        let mut stored = Vec::new();
         let tx = self.conn.transaction().map_err(&sql)?;
         {
             let mut reading = tx
@@ -438,6 +595,15 @@ impl Store {
                     "INSERT OR IGNORE INTO readings VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 )
+                .map_err(&sql)?;
+            let mut rollup_15m = tx
+                .prepare_cached(&rollup_upsert_sql("rollup_15m"))
+                .map_err(&sql)?;
+            let mut rollup_1d = tx
+                .prepare_cached(&rollup_upsert_sql("rollup_1d"))
+                .map_err(&sql)?;
+            let mut spool_line = tx
+                .prepare_cached("INSERT INTO influx_spool (line) VALUES (?1)")
                 .map_err(&sql)?;
             let mut up_counters = tx
                 .prepare_cached(
@@ -456,7 +622,7 @@ impl Store {
             let mut rejection = tx
                 .prepare_cached("INSERT INTO rejections (at_ms, kind, detail) VALUES (?1, ?2, ?3)")
                 .map_err(&sql)?;
-            for e in events {
+            for (e, zone) in events.iter().zip(&zones) {
                 match e {
                     Event::Reading {
                         lamp,
@@ -465,7 +631,7 @@ impl Store {
                         report: r,
                         energy_delta_dwh,
                     } => {
-                        reading
+                        let inserted = reading
                             .execute(params![
                                 lamp.0,
                                 fcnt,
@@ -485,9 +651,45 @@ impl Store {
                                 format!("{:?}", r.trigger),
                             ])
                             .map_err(&sql)?;
+                        if inserted == 0 {
+                            continue;
+                        }
+                        stored.push((*lamp, *fcnt));
                         up_counters
                             .execute(params![lamp.0, fcnt, r.energy_dwh])
                             .map_err(&sql)?;
+                        let Some((tenant, zone)) = zone else { continue };
+                        let t = r.reading_time_s as i64;
+                        for (stmt, bucket) in [
+                            (&mut rollup_15m, t / 900 * 900),
+                            (&mut rollup_1d, t / 86400 * 86400),
+                        ] {
+                            stmt.execute(params![
+                                lamp.0,
+                                bucket,
+                                tenant,
+                                zone,
+                                r.level_pct,
+                                r.power_w() as f64,
+                                energy_delta_dwh,
+                                r.presence.pedestrians,
+                                r.presence.cyclists,
+                                r.presence.vehicles,
+                                (r.faults.0 != 0) as i64,
+                            ])
+                            .map_err(&sql)?;
+                        }
+                        if spool {
+                            let line = crate::influx::reading_line(
+                                tenant,
+                                *zone,
+                                *lamp,
+                                *fcnt,
+                                r,
+                                *energy_delta_dwh,
+                            );
+                            spool_line.execute([line]).map_err(&sql)?;
+                        }
                     }
                     Event::CommandSent {
                         lamp,
@@ -510,6 +712,19 @@ impl Store {
                         down_counter
                             .execute(params![lamp.0, fcnt_down.wrapping_add(1)])
                             .map_err(&sql)?;
+                        if let (true, Some((tenant, zone))) = (spool, zone) {
+                            let line = crate::influx::command_line(
+                                tenant,
+                                *zone,
+                                *lamp,
+                                *at,
+                                *level_pct,
+                                *ramp_ms,
+                                reason.as_str(),
+                                *fcnt_down,
+                            );
+                            spool_line.execute([line]).map_err(&sql)?;
+                        }
                     }
                     Event::Rejected { at, kind, detail } => {
                         rejection
@@ -518,8 +733,14 @@ impl Store {
                     }
                 }
             }
+            if spool {
+                for l in lines {
+                    spool_line.execute([l]).map_err(&sql)?;
+                }
+            }
         }
-        tx.commit().map_err(&sql)
+        tx.commit().map_err(&sql)?;
+        Ok(stored)
     }
 }
 
@@ -530,35 +751,107 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What the writer thread is asked to write.
+enum WriteMsg {
+    Events(Vec<Event>),
+    Lines(Vec<String>),
+}
+
+/// Readings newly and durably stored, `(lamp, fcnt)`, one message per committed batch.
+pub type Committed = Vec<(LampId, u32)>;
+
 /// The sending side of the store's writer thread. Events sent here are written in batches
 /// of whatever has queued up, one transaction each; a failed batch is logged and retried,
-/// never dropped silently.
+/// never dropped silently. After each commit the readings it stored are announced to
+/// whoever subscribed ([`StoreWriter::subscribe_commits`]): the controller acknowledges
+/// them to their nodes only then. Between batches the thread applies the retention policy
+/// (at most once an hour, in small chunks).
 #[derive(Clone)]
 pub struct StoreWriter {
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: mpsc::Sender<WriteMsg>,
+    commits: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<Committed>>>>,
+    influx: bool,
 }
 
 /// The writer thread itself: once every [`StoreWriter`] is dropped it writes what is queued
 /// and ends; [`StoreThread::join`] waits for that.
-pub struct StoreThread(Option<std::thread::JoinHandle<()>>);
+pub struct StoreThread(
+    Option<std::thread::JoinHandle<()>>,
+    Option<crate::influx::Sink>,
+);
+
+/// How the store runs: retention, and an optional InfluxDB sink. `[store]` in the config
+/// file (the sink only from flags: its token comes from the environment).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreOptions {
+    pub retention: Retention,
+    #[serde(skip)]
+    pub influx: Option<crate::influx::InfluxConfig>,
+}
 
 impl StoreWriter {
+    /// Starts the writer with the retention policy and, if configured, the InfluxDB sink
+    /// (which runs until [`StoreThread::join`]).
+    pub fn start_with(mut store: Store, options: &StoreOptions) -> (StoreWriter, StoreThread) {
+        store.set_retention(options.retention);
+        let sink = options.influx.clone().and_then(|config| {
+            store.set_influx_spool(true);
+            match crate::influx::Sink::start(store.path(), config) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the InfluxDB sink thread; points stay spooled");
+                    None
+                }
+            }
+        });
+        let (writer, mut thread) = StoreWriter::start(store);
+        thread.1 = sink;
+        (writer, thread)
+    }
+
     pub fn start(mut store: Store) -> (StoreWriter, StoreThread) {
-        let (tx, rx) = mpsc::channel::<Vec<Event>>();
+        let influx = store.influx_spool;
+        let (tx, rx) = mpsc::channel::<WriteMsg>();
+        let commits: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<Committed>>>> =
+            Arc::default();
+        let listeners = commits.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
-                while let Ok(mut batch) = rx.recv() {
+                while let Ok(first) = rx.recv() {
+                    let (mut events, mut lines) = (Vec::new(), Vec::new());
+                    let mut take = |m: WriteMsg| match m {
+                        WriteMsg::Events(e) => events.extend(e),
+                        WriteMsg::Lines(l) => lines.extend(l),
+                    };
+                    take(first);
                     while let Ok(more) = rx.try_recv() {
-                        batch.extend(more);
+                        take(more);
                     }
                     let mut attempt = 0u32;
-                    while let Err(e) = store.write_events(&batch) {
-                        attempt += 1;
-                        if attempt == 1 {
-                            tracing::error!(error = %e, events = batch.len(), "store write failed; retrying");
+                    let stored = loop {
+                        match store.write_batch(&events, &lines) {
+                            Ok(stored) => break stored,
+                            Err(e) => {
+                                attempt += 1;
+                                if attempt == 1 {
+                                    tracing::error!(error = %e, events = events.len(), "store write failed; retrying");
+                                }
+                                std::thread::sleep(Duration::from_millis(
+                                    200 * attempt.min(25) as u64,
+                                ));
+                            }
                         }
-                        std::thread::sleep(Duration::from_millis(200 * attempt.min(25) as u64));
+                    };
+                    if !stored.is_empty() {
+                        let mut l = listeners.lock().unwrap_or_else(|p| p.into_inner());
+                        if l.as_ref().is_some_and(|s| s.send(stored).is_err()) {
+                            *l = None;
+                        }
+                    }
+                    if let Err(e) = store.maybe_apply_retention() {
+                        tracing::error!(error = %e, "retention failed; will retry");
                     }
                 }
             })
@@ -566,13 +859,40 @@ impl StoreWriter {
         if thread.is_none() {
             tracing::error!("cannot start the store writer thread");
         }
-        (StoreWriter { tx }, StoreThread(thread))
+        (
+            StoreWriter {
+                tx,
+                commits,
+                influx,
+            },
+            StoreThread(thread, None),
+        )
     }
 
     pub fn write(&self, events: Vec<Event>) {
-        if !events.is_empty() && self.tx.send(events).is_err() {
+        if !events.is_empty() && self.tx.send(WriteMsg::Events(events)).is_err() {
             tracing::error!("store writer has stopped; events not written");
         }
+    }
+
+    /// Queues InfluxDB points (only if the spool is on).
+    pub fn spool_lines(&self, lines: Vec<String>) {
+        if self.influx && !lines.is_empty() && self.tx.send(WriteMsg::Lines(lines)).is_err() {
+            tracing::error!("store writer has stopped; points not written");
+        }
+    }
+
+    /// Whether an InfluxDB sink is on.
+    pub fn influx_enabled(&self) -> bool {
+        self.influx
+    }
+
+    /// From now on, the readings each commit stored are sent here (replacing any earlier
+    /// subscriber).
+    pub fn subscribe_commits(&self) -> tokio::sync::mpsc::UnboundedReceiver<Committed> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.commits.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
     }
 }
 
@@ -582,6 +902,14 @@ impl StoreThread {
         if let Some(t) = self.0.take() {
             let _ = t.join();
         }
+        if let Some(sink) = self.1.take() {
+            sink.stop();
+        }
+    }
+
+    /// The InfluxDB sink's counters, if it runs.
+    pub fn influx_metrics(&self) -> Option<std::sync::Arc<crate::influx::SinkMetrics>> {
+        self.1.as_ref().map(|s| s.metrics.clone())
     }
 }
 

@@ -1,0 +1,164 @@
+//! `lamplighter export`, `lamplighter backup`, and the `--influx-*` flags of `demo` and
+//! `serve`. The work is in `lamplighter_controller::store` and `::influx`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use lamplighter_controller::influx::InfluxConfig;
+use lamplighter_controller::store::{self, ExportWhat, Store};
+
+/// The environment variable that holds the InfluxDB API token.
+pub const INFLUX_TOKEN_ENV: &str = "LAMPLIGHTER_INFLUX_TOKEN";
+
+/// Also write readings, commands and zone points to an InfluxDB v2 write API (the token is
+/// read from LAMPLIGHTER_INFLUX_TOKEN).
+#[derive(Args, Debug, Clone, Default)]
+pub struct InfluxArgs {
+    /// e.g. http://127.0.0.1:8086
+    #[arg(long)]
+    pub influx_url: Option<String>,
+    #[arg(long, requires = "influx_url")]
+    pub influx_org: Option<String>,
+    #[arg(long, requires = "influx_url")]
+    pub influx_bucket: Option<String>,
+}
+
+impl InfluxArgs {
+    pub fn config(&self) -> Result<Option<InfluxConfig>> {
+        let Some(url) = &self.influx_url else {
+            return Ok(None);
+        };
+        let (Some(org), Some(bucket)) = (&self.influx_org, &self.influx_bucket) else {
+            anyhow::bail!("--influx-url needs --influx-org and --influx-bucket");
+        };
+        let token = std::env::var(INFLUX_TOKEN_ENV).unwrap_or_default();
+        InfluxConfig::new(url, org, bucket, &token)
+            .map(Some)
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// First day (YYYY-MM-DD, UTC) or Unix seconds; inclusive.
+    #[arg(long)]
+    pub from: String,
+    /// Last day (YYYY-MM-DD, UTC: the whole day is included) or Unix seconds (exclusive).
+    #[arg(long)]
+    pub to: String,
+    /// readings | energy | audit
+    #[arg(long)]
+    pub what: ExportWhat,
+    /// csv (the only format)
+    #[arg(long, default_value = "csv")]
+    pub format: String,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Write here instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// The backup file to write (replaced if it exists).
+    pub file: PathBuf,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `YYYY-MM-DD` (UTC midnight) or Unix seconds. `end` moves a date to the next midnight.
+pub fn parse_time(s: &str, end: bool) -> Result<i64> {
+    if let Ok(t) = s.parse::<i64>() {
+        return Ok(t);
+    }
+    let bad = || anyhow::anyhow!("expected YYYY-MM-DD or Unix seconds, got {s:?}");
+    let mut parts = s.split('-');
+    let (Some(y), Some(m), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let (y, m, d): (i64, i64, i64) = (
+        y.parse().map_err(|_| bad())?,
+        m.parse().map_err(|_| bad())?,
+        d.parse().map_err(|_| bad())?,
+    );
+    anyhow::ensure!((1..=12).contains(&m) && (1..=31).contains(&d), bad());
+    // Howard Hinnant's days_from_civil.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok((days + end as i64) * 86_400)
+}
+
+fn data_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
+    let dir = match dir {
+        Some(d) => d,
+        None => crate::system::default_data_dir()?,
+    };
+    anyhow::ensure!(
+        dir.join(store::DB_FILE).exists(),
+        "no store in {} (run `lamplighter demo` or `serve` with that --data-dir first)",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.format == "csv",
+        "--format: only csv is supported, got {:?}",
+        args.format
+    );
+    let from = parse_time(&args.from, false).context("--from")?;
+    let to = parse_time(&args.to, true).context("--to")?;
+    anyhow::ensure!(from < to, "--from must be before --to");
+    let dir = data_dir(args.data_dir)?;
+    let store = Store::open_read_only(&dir)?;
+    let rows = match &args.output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            store.export_csv(args.what, from, to, std::io::BufWriter::new(file))?
+        }
+        None => {
+            let stdout = std::io::stdout();
+            store.export_csv(args.what, from, to, std::io::BufWriter::new(stdout.lock()))?
+        }
+    };
+    eprintln!("lamplighter: exported {rows} rows");
+    Ok(())
+}
+
+pub fn backup(args: BackupArgs) -> Result<()> {
+    let dir = data_dir(args.data_dir)?;
+    let pages = store::backup(&dir, &args.file)?;
+    let bytes = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "lamplighter: backed up {} ({pages} pages, {bytes} bytes) to {}",
+        dir.join(store::DB_FILE).display(),
+        args.file.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn dates_parse_to_utc_midnights() {
+        assert_eq!(parse_time("1970-01-01", false).unwrap(), 0);
+        assert_eq!(parse_time("1970-01-01", true).unwrap(), 86_400);
+        assert_eq!(parse_time("2024-12-21", false).unwrap(), 1_734_739_200);
+        assert_eq!(parse_time("1734818400", true).unwrap(), 1_734_818_400);
+        assert!(parse_time("2024-13-01", false).is_err());
+        assert!(parse_time("yesterday", false).is_err());
+    }
+}
