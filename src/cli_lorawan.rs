@@ -96,7 +96,7 @@ pub fn run_gateways(command: GatewaysCommand) -> Result<()> {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             let new = reg.add(eui, now_ms, note.as_deref())?;
-            println!(
+            lamplighter_print_line!(
                 "{}",
                 json!({ "eui": eui.to_string(), "added": new, "registry": dir.join(lamplighter_broker::gateways::DB_FILE) })
             );
@@ -107,7 +107,7 @@ pub fn run_gateways(command: GatewaysCommand) -> Result<()> {
             let mut all: Vec<_> = reg.all()?.into_iter().collect();
             all.sort();
             for e in all {
-                println!("{e}");
+                lamplighter_print_line!("{e}");
             }
             Ok(())
         }
@@ -117,7 +117,7 @@ pub fn run_gateways(command: GatewaysCommand) -> Result<()> {
 pub fn run_lorawan(command: LorawanCommand) -> Result<()> {
     match command {
         LorawanCommand::Decode(args) => {
-            println!("{}", decode(&args)?);
+            lamplighter_print_line!("{}", decode(&args)?);
             Ok(())
         }
         LorawanCommand::Bench(args) => {
@@ -126,7 +126,7 @@ pub fn run_lorawan(command: LorawanCommand) -> Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             let report = rt.block_on(bench(&args))?;
-            println!("{report}");
+            lamplighter_print_line!("{report}");
             Ok(())
         }
     }

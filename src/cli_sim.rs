@@ -131,7 +131,7 @@ pub async fn live(args: LiveArgs) -> Result<()> {
         "messages_per_s": (uplinks + commands) as f64 / wall_s,
         "presence_to_command_ms": latency,
     });
-    println!("{}", serde_json::to_string(&out).context("JSON")?);
+    lamplighter_print_line!("{}", serde_json::to_string(&out).context("JSON")?);
     Ok(())
 }
 
@@ -236,7 +236,7 @@ fn plan(args: RunArgs) -> Result<()> {
     match &args.json {
         Some(path) => std::fs::write(path, &json)
             .with_context(|| format!("cannot write {}", path.display()))?,
-        None => println!("{json}"),
+        None => lamplighter_print_line!("{json}"),
     }
     if let Some(dir) = &args.report {
         plan::write_html_report(&report, dir)?;
@@ -256,6 +256,6 @@ fn bench(args: BenchArgs) -> Result<()> {
         seed: args.seed,
         ..BenchOptions::default()
     };
-    println!("{}", plan::bench(&opts));
+    lamplighter_print_line!("{}", plan::bench(&opts));
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! behaviour lives in a library crate, and this file parses flags, builds the parts, and
 //! prints one clear line on failure.
 
-use lamplighter::system;
+use lamplighter::{lamplighter_print_line, system};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -168,6 +168,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            // The reader went away (`| head`): nothing more to say.
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             // One line, whatever the error chain holds.
             let message = format!("{e:#}");
@@ -239,7 +248,7 @@ fn run(cli: Cli) -> Result<()> {
                 time_format,
                 horizons,
             })?;
-            println!("{}", serde_json::to_string(&report)?);
+            lamplighter_print_line!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
     }
@@ -425,7 +434,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
                 }),
             );
         }
-        println!("{line}");
+        lamplighter_print_line!("{line}");
     }
     Ok(())
 }
