@@ -68,19 +68,7 @@ pub async fn live(args: LiveArgs) -> Result<()> {
     let live: Vec<LiveNode> = nodes
         .into_iter()
         .filter(|s| s.node.tenant == tenant)
-        .map(|s| LiveNode {
-            dev_eui: s.node.dev_eui,
-            dev_addr: s.node.dev_addr,
-            keys: s.node.keys,
-            lat: s.node.lat,
-            lon: s.node.lon,
-            rated_power_w: s.node.rated_power_w,
-            mqtt_username: s.mqtt_username,
-            mqtt_password: s.mqtt_password,
-            // Continue the counters the controller has seen, as the nodes' memory would.
-            fcnt_up: s.node.last_fcnt_up.map_or(0, |f| f.wrapping_add(1)),
-            energy_wh: s.node.last_energy_dwh.unwrap_or(0) as f64 / 10.0,
-        })
+        .map(LiveNode::resuming)
         .collect();
     let share = args.peak_per_h / 80.0;
     let peak = PeakRates {

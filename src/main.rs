@@ -363,19 +363,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let live_nodes = nodes
         .into_iter()
         .filter(|s| s.node.tenant == tenant)
-        .map(|s| LiveNode {
-            dev_eui: s.node.dev_eui,
-            dev_addr: s.node.dev_addr,
-            keys: s.node.keys,
-            lat: s.node.lat,
-            lon: s.node.lon,
-            rated_power_w: s.node.rated_power_w,
-            mqtt_username: s.mqtt_username,
-            mqtt_password: s.mqtt_password,
-            // The store's counters stand in for the nodes' non-volatile memory.
-            fcnt_up: s.node.last_fcnt_up.map_or(0, |f| f.wrapping_add(1)),
-            energy_wh: s.node.last_energy_dwh.unwrap_or(0) as f64 / 10.0,
-        })
+        .map(LiveNode::resuming)
         .collect();
     let town = LiveTown::spawn(
         live_nodes,

@@ -40,6 +40,25 @@ pub struct LiveNode {
     pub energy_wh: f64,
 }
 
+impl LiveNode {
+    /// A provisioned node as the simulator runs it, resuming the counters the controller has
+    /// seen, as the node's own non-volatile memory would.
+    pub fn resuming(s: lamplighter_controller::store::StoredNode) -> LiveNode {
+        LiveNode {
+            dev_eui: s.node.dev_eui,
+            dev_addr: s.node.dev_addr,
+            keys: s.node.keys,
+            lat: s.node.lat,
+            lon: s.node.lon,
+            rated_power_w: s.node.rated_power_w,
+            mqtt_username: s.mqtt_username,
+            mqtt_password: s.mqtt_password,
+            fcnt_up: s.node.last_fcnt_up.map_or(0, |f| f.wrapping_add(1)),
+            energy_wh: s.node.last_energy_dwh.unwrap_or(0) as f64 / 10.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
     pub mqtt_host: String,
