@@ -99,6 +99,8 @@ pub struct System {
     pub controller: ControllerHandle,
     pub mqtt_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The LoRaWAN gateway bridge, when `udp_listen` is set.
+    pub bridge: Option<lamplighter_broker::bridge::BridgeHandle>,
     tasks: Vec<JoinHandle<()>>,
     store_thread: StoreThread,
 }
@@ -206,6 +208,7 @@ pub async fn start(
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
     let source: Arc<dyn LiveSource> = Arc::new(Dashboard(controller.clone()));
+    let bridge_handle = bridge.as_ref().map(|b| b.handle.clone());
     tasks.extend(bridge.into_iter().flat_map(|b| b.tasks));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = lamplighter_dashboards::serve(listener, source).await {
@@ -218,6 +221,7 @@ pub async fn start(
             controller,
             mqtt_addr: broker.listen,
             http_addr,
+            bridge: bridge_handle,
             tasks,
             store_thread,
         },
