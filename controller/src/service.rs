@@ -176,6 +176,29 @@ impl ControllerHandle {
         drain_faults(&mut tracker, &self.shared.store);
         Ok(fault)
     }
+    /// The deployment's offset from UTC (`[controller.policy] utc_offset_min`): where its
+    /// days start, for the energy figures and the half-hourly export.
+    pub fn utc_offset_min(&self) -> i32 {
+        self.core().config().policy.utc_offset_min
+    }
+    /// What a kWh costs (`[controller.tariff]`).
+    pub fn tariff(&self) -> crate::store::Tariff {
+        self.core().config().tariff
+    }
+    /// Today, this week and this month of `tenant`, now, in the deployment's days and
+    /// tariff, read from `store` (the caller's own connection, e.g.
+    /// [`crate::store::Store::open_read_only`]; readers never block the writer).
+    pub fn energy_summary(
+        &self,
+        store: &crate::store::Store,
+        tenant: &TenantId,
+    ) -> Result<crate::store::EnergySummary, crate::store::EnergyError> {
+        let (offset, tariff) = {
+            let core = self.core();
+            (core.config().policy.utc_offset_min, core.config().tariff)
+        };
+        store.energy_summary(tenant, self.now(), offset, &tariff)
+    }
     /// Runs `f` on the core (for overrides and tests), under the lock.
     pub fn with_core<T>(&self, f: impl FnOnce(&mut ControllerCore, UnixMs) -> T) -> T {
         let now = self.now();

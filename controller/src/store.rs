@@ -27,8 +27,15 @@ mod history;
 pub use history::{HistoryPoint, Resolution, Retention};
 mod export;
 pub use export::{backup, ExportWhat};
+mod energy;
+pub use energy::{
+    period_starts, EnergyError, EnergyPeriod, EnergySummary, Savings, Tariff, TariffError,
+    BASELINES,
+};
 mod faults;
 pub use faults::FaultsAtStart;
+#[cfg(test)]
+mod tests_energy;
 #[cfg(test)]
 mod tests_faults;
 
@@ -57,6 +64,8 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
     #[error("writing CSV: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A lamp to provision: where it is and what it is.

@@ -83,6 +83,8 @@ pub struct ControllerConfig {
     pub zones: Vec<ZoneParams>,
     /// Fault detection thresholds (`[controller.faults]`).
     pub faults: crate::faults::FaultConfig,
+    /// What a kWh costs in money and carbon, for the energy figures (`[controller.tariff]`).
+    pub tariff: crate::store::Tariff,
 }
 
 impl Default for ControllerConfig {
@@ -96,6 +98,7 @@ impl Default for ControllerConfig {
             zone_default: ZoneRoad::default(),
             zones: Vec::new(),
             faults: crate::faults::FaultConfig::default(),
+            tariff: crate::store::Tariff::default(),
         }
     }
 }
@@ -113,6 +116,8 @@ pub enum ConfigError {
     Reporting,
     #[error("{0}")]
     Faults(#[from] crate::faults::FaultConfigError),
+    #[error("{0}")]
+    Tariff(#[from] crate::store::TariffError),
 }
 
 impl ControllerConfig {
@@ -122,6 +127,7 @@ impl ControllerConfig {
             return Err(ConfigError::Reporting);
         }
         self.faults.validate()?;
+        self.tariff.validate()?;
         let capacity_ok = |c: f64| c.is_finite() && c > 0.0;
         if !capacity_ok(self.zone_default.capacity_per_h) {
             return Err(ConfigError::Capacity {

@@ -16,6 +16,9 @@ pub enum ExportWhat {
     Readings,
     /// Energy per lamp per UTC day, Wh, from the daily rollups (kept for years).
     Energy,
+    /// Half-hourly consumption per lamp for unmetered-supply billing (UTC periods here;
+    /// [`Store::half_hourly_csv`] takes the deployment's offset and a tenant).
+    HalfHourly,
     /// Commands (level, ramp, reason), rejected uplinks, and faults raised, acknowledged
     /// and cleared (who, and why, in `user` and `detail`; the fault kind in `reason`), by
     /// time.
@@ -29,13 +32,16 @@ impl std::str::FromStr for ExportWhat {
             "readings" => Ok(ExportWhat::Readings),
             "energy" => Ok(ExportWhat::Energy),
             "audit" => Ok(ExportWhat::Audit),
-            _ => Err(format!("expected readings, energy or audit, got {s:?}")),
+            "half-hourly" => Ok(ExportWhat::HalfHourly),
+            _ => Err(format!(
+                "expected readings, energy or audit, or half-hourly, got {s:?}"
+            )),
         }
     }
 }
 
 /// A CSV field: quoted when it holds a comma, quote or line break.
-fn field(s: &str) -> String {
+pub(super) fn field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -110,6 +116,14 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut n = 0u64;
         match what {
+            ExportWhat::HalfHourly => {
+                return self
+                    .half_hourly_csv(None, from_s, to_s, 0, out)
+                    .map_err(|e| match e {
+                        super::EnergyError::Store(e) => e,
+                        e => StoreError::Invalid(e.to_string()),
+                    });
+            }
             ExportWhat::Readings => {
                 writeln!(out, "reading_time,received_time,tenant,zone,lamp_id,dev_eui,fcnt,level_pct,target_level_pct,power_w,energy_meter_wh,energy_wh,ambient_lux,pedestrians,cyclists,vehicles,faults,mode,trigger")?;
                 let mut stmt = self
