@@ -61,6 +61,8 @@ fn start(dir: &std::path::Path) -> (ControllerHandle, Vec<JoinHandle<()>>, Store
     (handle, tasks, thread)
 }
 
+/// Stops as `System::shutdown` does: the store's thread must finish while handles (the
+/// dashboard's, this one) are still held.
 async fn stop(handle: ControllerHandle, tasks: Vec<JoinHandle<()>>, thread: StoreThread) {
     for t in &tasks {
         t.abort();
@@ -68,10 +70,14 @@ async fn stop(handle: ControllerHandle, tasks: Vec<JoinHandle<()>>, thread: Stor
     for t in tasks {
         let _ = t.await;
     }
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || thread.join()),
+    )
+    .await
+    .expect("the store's writer thread ends while a handle is held")
+    .unwrap();
     drop(handle);
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .unwrap();
 }
 
 async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
