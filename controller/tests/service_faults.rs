@@ -23,6 +23,7 @@ fn config() -> ControllerConfig {
         report_interval_s: 60,
         faults: FaultConfig {
             comms_loss_after_periods: 2,
+            raise_after_s: 60,
             ..FaultConfig::default()
         },
         ..ControllerConfig::default()
@@ -140,8 +141,12 @@ async fn faults_are_raised_acknowledged_stored_and_restored() {
     }
 
     let (handle, tasks, thread) = start(dir.path());
-    // Lamp 0 reports a driver fault three times; lamps 1 and 2 never report.
+    // Lamp 0 reports a driver fault three times over 80 s (clock time, 100 times real
+    // time); lamps 1 and 2 never report.
     for fcnt in 0..3 {
+        if fcnt > 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
         uplink(&handle, LampId(0), fcnt, FaultFlags::DRIVER);
     }
     wait_for("driver fault and comms loss", || {
