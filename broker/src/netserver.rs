@@ -985,11 +985,16 @@ impl NetworkServer {
             if members.len() < 2 {
                 continue;
             }
+            // Members not heard since this server started have no path of their own; a
+            // zone is a few streets, so the gateways that hear their neighbours reach them.
+            if members.iter().all(|&i| self.devices[i].path.is_empty()) {
+                continue;
+            }
             let heads: Option<Vec<&QueuedDownlink>> = members
                 .iter()
                 .map(|&i| {
                     let d = &self.devices[i];
-                    (d.profile.class == DeviceClass::C && !d.path.is_empty())
+                    (d.profile.class == DeviceClass::C)
                         .then(|| d.queue.front())
                         .flatten()
                 })
