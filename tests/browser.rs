@@ -600,6 +600,23 @@ fn dashboard_in_chromium_login_map_lamp_override_expiry_roles_and_tenants() {
     });
     b.screenshot("map");
 
+    // ---- a zone's class, demand and forecast, and its last 24 hours ------------------------
+    b.click("#zones-body th button");
+    b.wait_for("the zone's chart", Duration::from_secs(15), |b| {
+        b.text("#zone-chart-title").contains("demo")
+            && b.js(
+                "return document.querySelectorAll('#zone-chart path.series').length;",
+                json!([]),
+            )
+            .as_u64()
+                >= Some(2)
+    });
+    b.js(
+        "document.getElementById('zone-chart').scrollIntoView();",
+        json!([]),
+    );
+    b.screenshot("zones");
+
     // ---- click a lamp: its details and history ---------------------------------------------
     let lamp = lamps_json(addr, &admin_token)
         .into_iter()
