@@ -16,7 +16,7 @@ use lamplighter_controller::store::{NewNode, Store};
 use lamplighter_protocol::time::ScaledClock;
 use lamplighter_protocol::{sun, LampId, TenantId, UnixMs};
 use lamplighter_simulator::demand::PeakRates;
-use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown};
+use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown, LorawanAir};
 
 use system::SystemConfig;
 
@@ -90,6 +90,14 @@ struct DemoArgs {
     /// Run the LoRaWAN gateway bridge (Semtech UDP) on this port (forwarders use 1700).
     #[arg(long)]
     udp_port: Option<u16>,
+    /// How the simulated nodes reach the controller: `mqtt` (each node an MQTT client), or
+    /// `lorawan` (radio frames to simulated gateways, which forward them over real UDP to
+    /// the gateway bridge; the bridge listens on --udp-port, or on any free port).
+    #[arg(long, value_enum, default_value_t = DemoTransport::Mqtt)]
+    transport: DemoTransport,
+    /// Simulated gateways for `--transport lorawan`; every node is heard by all of them.
+    #[arg(long, default_value_t = 2)]
+    gateways: u16,
     /// Where the store lives (default: the per-user data directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -114,6 +122,12 @@ struct DemoArgs {
     policy: String,
     #[command(flatten)]
     influx: lamplighter::cli_store::InfluxArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoTransport {
+    Mqtt,
+    Lorawan,
 }
 
 #[derive(Args)]
@@ -276,6 +290,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// The demo town stands in Bristol.
 const DEMO_CENTRE: (f64, f64) = (51.4545, -2.5879);
 const DEMO_TENANT: &str = "demo";
+/// The demo's gateways are numbered up from this EUI (a private, made-up range).
+const DEMO_GATEWAY_EUI: u64 = 0xAA55_5A00_0000_0000;
+/// The demo's LoRaWAN nodes send at EU868 DR5 (SF7/125 kHz): lamps in a town are close to
+/// a gateway, and a short airtime keeps each node's 1 % duty cycle far from its reports.
+const DEMO_NODE_DATA_RATE: lamplighter_protocol::lorawan::radio::DataRate =
+    lamplighter_protocol::lorawan::radio::DataRate { sf: 7, bw_khz: 125 };
 
 fn demo_start(spec: &str) -> Result<UnixMs> {
     let now = ScaledClock::system().now();
@@ -346,9 +366,27 @@ async fn demo(args: DemoArgs) -> Result<()> {
     config.mqtt_listen.set_port(args.mqtt_port);
     config.http_listen.set_port(args.http_port);
     config.store.influx = args.influx.config()?;
-    config.udp_listen = args
-        .udp_port
-        .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
+    config.udp_listen = match (args.udp_port, args.transport) {
+        (Some(p), _) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], p))),
+        (None, DemoTransport::Lorawan) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        (None, DemoTransport::Mqtt) => None,
+    };
+    // The simulated gateways, known to the bridge before it starts.
+    let gateway_euis: Vec<lamplighter_broker::gwmp::GatewayEui> = match args.transport {
+        DemoTransport::Mqtt => Vec::new(),
+        DemoTransport::Lorawan => {
+            anyhow::ensure!(args.gateways > 0, "--gateways must be at least 1");
+            let registry = lamplighter_broker::gateways::GatewayRegistry::open(&data_dir)?;
+            let now_ms = ScaledClock::system().now().0;
+            (0..args.gateways)
+                .map(|i| {
+                    let eui = lamplighter_broker::gwmp::GatewayEui(DEMO_GATEWAY_EUI + u64::from(i));
+                    registry.add(eui, now_ms, Some("demo gateway"))?;
+                    Ok(eui)
+                })
+                .collect::<Result<_>>()?
+        }
+    };
     config.controller.report_interval_s = args.report_interval_s;
     config.controller.policy = PolicyConfig::named(&args.policy).with_context(|| {
         format!(
@@ -374,25 +412,46 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let (system, nodes) = system::start(&config, &data_dir, clock).await?;
     lamplighter::cli_accounts::ensure_demo_admin(&data_dir)?;
 
+    let groups = match args.transport {
+        DemoTransport::Lorawan => lamplighter::lorawan_system::zone_groups(&data_dir, &nodes)?,
+        DemoTransport::Mqtt => Vec::new(),
+    };
     let live_nodes = nodes
         .into_iter()
         .filter(|s| s.node.tenant == tenant)
-        .map(LiveNode::resuming)
+        .map(|s| {
+            let multicast = lamplighter::lorawan_system::zone_sessions(&groups, &s);
+            LiveNode {
+                multicast,
+                ..LiveNode::resuming(s)
+            }
+        })
         .collect();
-    let town = LiveTown::spawn(
-        live_nodes,
-        LiveConfig {
-            mqtt_host: system.mqtt_addr.ip().to_string(),
-            mqtt_port: system.mqtt_addr.port(),
-            tenant,
-            clock,
-            report_interval_s: args.report_interval_s,
-            silence_timeout_s: 900,
-            utc_offset_min: 0,
-            demand: Some(PeakRates::default()),
-            seed: args.seed,
-        },
-    );
+    let live_config = LiveConfig {
+        mqtt_host: system.mqtt_addr.ip().to_string(),
+        mqtt_port: system.mqtt_addr.port(),
+        tenant,
+        clock,
+        report_interval_s: args.report_interval_s,
+        silence_timeout_s: 900,
+        utc_offset_min: 0,
+        demand: Some(PeakRates::default()),
+        seed: args.seed,
+    };
+    let town = match (&system.bridge, args.transport) {
+        (Some(bridge), DemoTransport::Lorawan) => LiveTown::spawn_lorawan(
+            live_nodes,
+            live_config,
+            LorawanAir {
+                bridge: bridge.udp_addr,
+                gateways: gateway_euis,
+                data_rate: DEMO_NODE_DATA_RATE,
+            },
+        )
+        .await
+        .context("cannot start the simulated gateways")?,
+        _ => LiveTown::spawn(live_nodes, live_config),
+    };
     eprintln!(
         "lamplighter demo: {} lamps; dashboard http://{}  MQTT {}  data {}  (Ctrl-C stops)",
         args.lamps,
@@ -413,6 +472,22 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let wall_s = started.elapsed().as_secs_f64();
     let summary = system.controller.summary(None);
     let latency = town.latency();
+    let lorawan = system.bridge.as_ref().map(|b| {
+        let gateways: Vec<_> = town
+            .gateways
+            .iter()
+            .map(|g| {
+                use std::sync::atomic::Ordering::Relaxed;
+                serde_json::json!({
+                    "eui": g.eui.to_string(),
+                    "frames_forwarded": g.stats.pushed.load(Relaxed),
+                    "push_acks": g.stats.push_acks.load(Relaxed),
+                    "downlinks_received": g.stats.downlinks.load(Relaxed),
+                })
+            })
+            .collect();
+        serde_json::json!({ "bridge": b.report(), "gateways": gateways })
+    });
     town.stop();
     system.shutdown().await;
     if args.run_for.is_some() {
@@ -435,6 +510,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
                     "max": wall_ms(latency.max_ms),
                 }),
             );
+            if let Some(l) = lorawan {
+                obj.insert("lorawan".into(), l);
+            }
         }
         lamplighter_print_line!("{line}");
     }

@@ -113,6 +113,8 @@ pub struct System {
     pub controller: ControllerHandle,
     pub mqtt_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The LoRaWAN gateway bridge, when `udp_listen` is set.
+    pub bridge: Option<lamplighter_broker::bridge::BridgeHandle>,
     tasks: Vec<JoinHandle<()>>,
     store_thread: StoreThread,
 }
@@ -369,6 +371,7 @@ pub async fn start(
         secure_cookies: config.http_secure_cookies,
         ..DashboardOptions::default()
     };
+    let bridge_handle = bridge.as_ref().map(|b| b.handle.clone());
     tasks.extend(bridge.into_iter().flat_map(|b| b.tasks));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = lamplighter_dashboards::serve(listener, source, accounts, options).await {
@@ -381,6 +384,7 @@ pub async fn start(
             controller,
             mqtt_addr: broker.listen,
             http_addr,
+            bridge: bridge_handle,
             tasks,
             store_thread,
         },

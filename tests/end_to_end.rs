@@ -68,6 +68,7 @@ async fn start_town() -> Harness {
             mqtt_password: s.mqtt_password.clone(),
             fcnt_up: 0,
             energy_wh: 0.0,
+            multicast: Vec::new(),
         })
         .collect();
     let town = LiveTown::spawn(

@@ -190,6 +190,7 @@ async fn every_point_reaches_the_server_once_across_a_server_outage() {
             mqtt_password: s.mqtt_password.clone(),
             fcnt_up: 0,
             energy_wh: 0.0,
+            multicast: Vec::new(),
         })
         .collect();
     let town = LiveTown::spawn(

@@ -94,6 +94,7 @@ async fn sigkill_while_1000_nodes_report_loses_no_acknowledged_reading_and_count
             mqtt_password: s.mqtt_password.clone(),
             fcnt_up: 0,
             energy_wh: 0.0,
+            multicast: Vec::new(),
         })
         .collect();
     let town = LiveTown::spawn(

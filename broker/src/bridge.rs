@@ -145,6 +145,10 @@ impl BridgeHandle {
     fn ns(&self) -> MutexGuard<'_, NetworkServer> {
         self.shared.ns.lock().unwrap_or_else(|p| p.into_inner())
     }
+    /// Restores a multicast group's counter (see [`NetworkServer::restore_group_fcnt`]).
+    pub fn restore_group_fcnt(&self, mc_addr: lamplighter_protocol::DevAddr, fcnt: u32) -> bool {
+        self.ns().restore_group_fcnt(mc_addr, fcnt)
+    }
     pub fn metrics(&self) -> &BridgeMetrics {
         &self.shared.metrics
     }
@@ -226,7 +230,15 @@ pub async fn start(
         addr: config.udp_listen,
         source,
     })?;
+    let otaa: Vec<DevEui> = devices
+        .iter()
+        .filter(|d| matches!(d.activation, crate::netserver::Activation::Otaa { .. }))
+        .map(|d| d.dev_eui)
+        .collect();
     let mut ns = NetworkServer::new(config.ns.clone(), devices)?;
+    for dev_eui in otaa {
+        ns.restore_dev_nonces(dev_eui, registry.dev_nonces(dev_eui)?);
+    }
     for g in groups {
         ns.add_group(g)?;
     }
@@ -373,6 +385,12 @@ async fn udp_loop(
             while let Some(u) = ns.poll_uplink() {
                 ups.push(u);
             }
+            // Stored before the JoinAccept goes out, so no restart can accept it twice.
+            while let Some((dev_eui, nonce)) = ns.poll_dev_nonce() {
+                if let Err(e) = st.registry.record_dev_nonce(dev_eui, nonce, clock.now().0) {
+                    tracing::error!(%dev_eui, error = %e, "cannot store a DevNonce");
+                }
+            }
             let mut txs = Vec::new();
             while let Some(t) = ns.poll_transmit() {
                 txs.push(t);
@@ -389,6 +407,12 @@ async fn udp_loop(
             }
         }
         for t in txs {
+            if let crate::netserver::TxKind::Multicast { mc_addr, fcnt } = t.what {
+                // Zone groups live in the registry; a controller's own groups may not.
+                if let Err(e) = st.registry.record_group_fcnt(mc_addr, fcnt) {
+                    tracing::error!(%mc_addr, error = %e, "cannot store a group FCnt");
+                }
+            }
             match st.pull_addr.get(&t.gateway) {
                 Some(&(addr, version)) => {
                     st.token = st.token.wrapping_add(1);

@@ -56,7 +56,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use lamplighter_protocol::lorawan::radio::{DataRate, RX2_FREQ_HZ};
 use lamplighter_protocol::lorawan::{
-    self, AesKey, DataFrame, FrameError, JoinAccept, MType, SessionKeys,
+    self, AesKey, DataFrame, FCtrl, FrameError, JoinAccept, MType, SessionKeys,
 };
 use lamplighter_protocol::{DevAddr, DevEui, TenantId, UnixMs};
 use serde::Serialize;
@@ -77,6 +77,11 @@ pub struct NsConfig {
     pub max_queue_per_device: usize,
     /// A queued downlink older than this is dropped as expired.
     pub downlink_ttl_ms: u64,
+    /// Class C downlinks for multicast-group members wait this long before they go, so that
+    /// when the controller commands every member of a group alike in one tick, the
+    /// commands leave as one multicast frame instead of one frame per lamp (see
+    /// [`NetworkServer`]'s zone coalescing). 0: never coalesce.
+    pub multicast_gather_ms: u64,
 }
 
 impl Default for NsConfig {
@@ -92,6 +97,7 @@ impl Default for NsConfig {
             tx_power_dbm: 14,
             max_queue_per_device: 8,
             downlink_ttl_ms: 600_000,
+            multicast_gather_ms: 0,
         }
     }
 }
@@ -196,6 +202,8 @@ pub struct NsCounters {
     pub unique_frames: u64,
     pub duplicates: u64,
     pub late_duplicates: u64,
+    /// Unicast downlinks replaced by a group's multicast frame (zone coalescing).
+    pub coalesced_downlinks: u64,
     pub uplinks_accepted: u64,
     pub joins_accepted: u64,
     pub rejected: BTreeMap<&'static str, u64>,
@@ -348,6 +356,8 @@ pub struct NetworkServer {
     join_nonce: u32,
     uplinks: VecDeque<Uplink>,
     transmissions: VecDeque<Transmission>,
+    /// DevNonces of accepted joins, for the caller to persist ([`Self::poll_dev_nonce`]).
+    used_dev_nonces: VecDeque<(DevEui, [u8; 2])>,
     counters: NsCounters,
 }
 
@@ -375,6 +385,7 @@ impl NetworkServer {
             join_nonce: 1,
             uplinks: VecDeque::new(),
             transmissions: VecDeque::new(),
+            used_dev_nonces: VecDeque::new(),
             counters: NsCounters::default(),
         };
         for d in devices {
@@ -442,6 +453,28 @@ impl NetworkServer {
 
     pub fn counters(&self) -> &NsCounters {
         &self.counters
+    }
+
+    /// DevNonces the device used before (read back from storage at start), which its joins
+    /// may not use again: without them a restart would let a recorded JoinRequest replay.
+    pub fn restore_dev_nonces(
+        &mut self,
+        dev_eui: DevEui,
+        nonces: impl IntoIterator<Item = [u8; 2]>,
+    ) -> bool {
+        match self.by_eui.get(&dev_eui) {
+            Some(&i) => {
+                self.devices[i].dev_nonces.extend(nonces);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The DevNonce of a join just accepted. The caller stores it before it sends the
+    /// JoinAccept (drain this before [`Self::poll_transmit`]).
+    pub fn poll_dev_nonce(&mut self) -> Option<(DevEui, [u8; 2])> {
+        self.used_dev_nonces.pop_front()
     }
 
     /// The duty-cycle figures of every gateway that transmitted.
@@ -666,6 +699,7 @@ impl NetworkServer {
         if !device.dev_nonces.insert(req.dev_nonce) {
             return Err(UplinkRejection::DevNonceReused(req.dev_nonce, req.dev_eui));
         }
+        self.used_dev_nonces.push_back((req.dev_eui, req.dev_nonce));
         let n = self.join_nonce.to_le_bytes();
         self.join_nonce = (self.join_nonce + 1) & 0x00FF_FFFF;
         let join_nonce = [n[0], n[1], n[2]];
@@ -905,10 +939,112 @@ impl NetworkServer {
             enqueued: now,
         });
         if device.profile.class == DeviceClass::C {
+            let gather = self.config.multicast_gather_ms;
+            let first_in_queue = device.queue.len() == 1;
+            if gather > 0 && first_in_queue && self.in_a_group(dev_eui) {
+                let device = &mut self.devices[i];
+                device.not_before = device.not_before.max(now.plus_ms(gather));
+            }
             self.class_c.push_back(i);
             self.service(now);
         }
         Ok(())
+    }
+
+    fn in_a_group(&self, dev_eui: DevEui) -> bool {
+        self.groups
+            .values()
+            .any(|g| g.group.members.contains(&dev_eui))
+    }
+
+    /// Restores a group's frame counter (stored by the caller from [`TxKind::Multicast`]),
+    /// so members do not refuse the next group frame as a replay after a restart.
+    pub fn restore_group_fcnt(&mut self, mc_addr: DevAddr, last_fcnt: u32) -> bool {
+        match self.groups.get_mut(&mc_addr) {
+            Some(g) => {
+                g.last_fcnt = Some(last_fcnt);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Zone coalescing: when every member of a group has the same command at the head of
+    /// its Class C queue, the heads leave as one multicast frame, sealed with the group's
+    /// keys and counter. One frame on the air per gateway instead of one per lamp is what
+    /// lets a gateway's downlink budget command a whole town at dusk.
+    fn coalesce(&mut self, now: UnixMs) {
+        let mut frames = Vec::new();
+        for (&mc_addr, group) in self.groups.iter_mut() {
+            let members: Vec<usize> = group
+                .group
+                .members
+                .iter()
+                .filter_map(|eui| self.by_eui.get(eui).copied())
+                .collect();
+            if members.len() < 2 {
+                continue;
+            }
+            let heads: Option<Vec<&QueuedDownlink>> = members
+                .iter()
+                .map(|&i| {
+                    let d = &self.devices[i];
+                    (d.profile.class == DeviceClass::C && !d.path.is_empty())
+                        .then(|| d.queue.front())
+                        .flatten()
+                })
+                .collect();
+            let Some(heads) = heads else { continue };
+            let first = &heads[0].frame;
+            let alike = heads
+                .iter()
+                .all(|h| h.frame.fport == first.fport && h.frame.frm_payload == first.frm_payload);
+            if !alike {
+                continue;
+            }
+            let fcnt = group.last_fcnt.map_or(0, |f| f.wrapping_add(1));
+            let frame = DataFrame {
+                mtype: MType::UnconfirmedDataDown,
+                dev_addr: mc_addr,
+                fctrl: FCtrl::default(),
+                fcnt,
+                fopts: Vec::new(),
+                fport: first.fport,
+                frm_payload: first.frm_payload.clone(),
+            };
+            let priority = heads
+                .iter()
+                .map(|h| h.priority)
+                .max()
+                .unwrap_or(Priority::Normal);
+            let Ok(phy) = lorawan::encode_data_frame(&frame, &group.group.keys) else {
+                continue;
+            };
+            group.last_fcnt = Some(fcnt);
+            frames.push((mc_addr, fcnt, phy, priority, members));
+        }
+        for (mc_addr, fcnt, phy, priority, members) in frames {
+            let mut targets: Vec<GatewayEui> = Vec::new();
+            for &i in &members {
+                self.devices[i].queue.pop_front();
+                self.devices[i].not_before = now;
+                if let Some(m) = self.devices[i].path.first() {
+                    targets.push(m.gateway);
+                }
+            }
+            self.counters.coalesced_downlinks += members.len() as u64;
+            targets.sort();
+            targets.dedup();
+            for gw in targets {
+                self.gateways.entry(gw).or_default().mcast.push_back((
+                    phy.clone(),
+                    mc_addr,
+                    fcnt,
+                    priority,
+                    now,
+                ));
+            }
+        }
     }
 
     /// A multicast frame (built with the group's keys and group FCnt) for a group.
@@ -983,6 +1119,9 @@ impl NetworkServer {
 
     /// Sends the Class C and multicast downlinks that are due, within budget.
     fn service(&mut self, now: UnixMs) {
+        if self.config.multicast_gather_ms > 0 {
+            self.coalesce(now);
+        }
         let rx2_freq = self.config.rx2_freq_hz;
         let rx2_dr = self.config.rx2_dr;
         let power = self.config.tx_power_dbm;

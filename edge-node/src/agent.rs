@@ -75,7 +75,7 @@ impl NodeProbe {
             n => Some((n - 1) as u32),
         }
     }
-    fn observe(&self, core: &NodeCore, now: UnixMs) {
+    pub(crate) fn observe(&self, core: &NodeCore, now: UnixMs) {
         self.level_pct_bits
             .store(core.level_pct(now).to_bits(), Ordering::Relaxed);
         self.target_pct_bits

@@ -15,8 +15,21 @@
 //!   has heard nothing from the controller for the profile's `silence_timeout_s`, it runs its
 //!   fail-safe profile: the profile's level while it is dark at its position (dusk and dawn
 //!   from [`lamplighter_protocol::sun`]), off while it is light.
+//!
+//! LoRaWAN (1.0.x) is the node's only frame format, whatever carries it (MQTT or radio):
+//! - **Activation**: ABP nodes start with their session; OTAA nodes ([`NodeConfig::otaa`])
+//!   send a JoinRequest with a fresh DevNonce until a JoinAccept opens a session, then
+//!   report as ABP nodes do. DevNonces only ever count up ([`NodeCore::next_dev_nonce`] is
+//!   what the agent persists), because a network server refuses a nonce it has seen.
+//! - **Class**: a Class C node listens all the time; a Class A node takes a unicast downlink
+//!   only in the receive windows after its own uplink ([`CLASS_A_WINDOW_MS`]).
+//! - **Multicast**: frames for one of the node's groups ([`NodeConfig::multicast`]) are
+//!   opened with the group's keys and checked against the group's own frame counter, so
+//!   one downlink can dim a whole zone.
 
-use lamplighter_protocol::lorawan::{self, DataFrame, FCtrl, FrameError, MType, SessionKeys};
+use lamplighter_protocol::lorawan::{
+    self, AesKey, DataFrame, FCtrl, FrameError, JoinRequest, MType, SessionKeys,
+};
 use lamplighter_protocol::payload::{
     Command, FailSafeProfile, FaultFlags, NodeMode, PayloadError, Presence, ReportTrigger,
     StatusReport, FPORT_COMMAND, FPORT_STATUS,
@@ -39,7 +52,51 @@ pub struct NodeConfig {
     /// Ramp used when the node changes level on its own (fail-safe steps, dusk, dawn).
     pub local_ramp_ms: u32,
     pub fail_safe: FailSafeProfile,
+    /// LoRaWAN device class: when the node listens for downlinks.
+    #[serde(default)]
+    pub class: LorawanClass,
+    /// Set for an over-the-air-activated node: `dev_addr` and `keys` are then only the
+    /// session of the last join, replaced by the next JoinAccept.
+    #[serde(default)]
+    pub otaa: Option<OtaaKeys>,
+    /// Multicast groups the node belongs to (at most a few: a zone, the town).
+    #[serde(default)]
+    pub multicast: Vec<MulticastSession>,
 }
+
+/// When a node listens (LoRaWAN 1.0.x Classes A and C; B is not used for lighting).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LorawanClass {
+    /// Listens only in RX1/RX2 after each uplink: least power, slowest to command.
+    A,
+    /// Listens whenever it does not transmit: mains-powered lamp nodes are Class C.
+    #[default]
+    C,
+}
+
+/// The root keys of an OTAA node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtaaKeys {
+    pub join_eui: DevEui,
+    pub app_key: AesKey,
+}
+
+/// A multicast group as a member holds it: McAddr and the group's session keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MulticastSession {
+    pub mc_addr: DevAddr,
+    pub keys: SessionKeys,
+}
+
+/// How long after its uplink a Class A node accepts a unicast downlink: RX1 opens 1 s
+/// after the uplink, RX2 2 s after; a gateway may schedule into either, and 1 s more
+/// covers the frame's own airtime at SF12.
+pub const CLASS_A_WINDOW_MS: u64 = 3_000;
+
+/// The first JoinRequest goes at once; unanswered ones are repeated at this gap, doubling
+/// up to [`JOIN_RETRY_MAX_MS`] (LoRaWAN asks joining devices to back off).
+pub const JOIN_RETRY_MS: u64 = 10_000;
+pub const JOIN_RETRY_MAX_MS: u64 = 600_000;
 
 impl NodeConfig {
     pub fn new(dev_eui: DevEui, dev_addr: DevAddr, keys: SessionKeys, lat: f64, lon: f64) -> Self {
@@ -53,6 +110,9 @@ impl NodeConfig {
             min_report_gap_ms: 1_000,
             local_ramp_ms: 5_000,
             fail_safe: FailSafeProfile::part_night(0, 900),
+            class: LorawanClass::C,
+            otaa: None,
+            multicast: Vec::new(),
         }
     }
 }
@@ -88,6 +148,12 @@ pub enum DownlinkError {
     WrongPort(Option<u8>),
     #[error("command: {0}")]
     Payload(#[from] PayloadError),
+    #[error("Class A node heard a unicast downlink outside its receive windows")]
+    OutsideReceiveWindow,
+    #[error("join-accept while not joining (ABP node, or already joined)")]
+    UnexpectedJoinAccept,
+    #[error("data frame before the node has joined")]
+    NotJoined,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,6 +190,9 @@ struct Commanded {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct NodeCounters {
     pub uplinks: u64,
+    pub join_requests: u64,
+    pub joins: u64,
+    pub multicast_applied: u64,
     pub downlinks_applied: u64,
     pub downlinks_rejected: u64,
 }
@@ -133,6 +202,18 @@ pub struct NodeCore {
     /// FCnt of the next uplink.
     fcnt_up: u32,
     last_fcnt_down: Option<u32>,
+    /// Per multicast group (same order as the config), the last group FCnt applied.
+    last_mc_fcnt: Vec<Option<u32>>,
+    /// False for an OTAA node until its JoinAccept arrives.
+    joined: bool,
+    /// The DevNonce of the next JoinRequest.
+    next_dev_nonce: u16,
+    /// When the next JoinRequest may go, and the gap after it.
+    next_join: UnixMs,
+    join_gap_ms: u64,
+    /// The DevNonce of the JoinRequest in flight (the JoinAccept's keys depend on it).
+    join_dev_nonce: Option<u16>,
+    last_uplink: Option<UnixMs>,
     commanded: Option<Commanded>,
     last_heard: UnixMs,
     ramp: Ramp,
@@ -159,6 +240,13 @@ impl NodeCore {
         let mut node = NodeCore {
             fcnt_up,
             last_fcnt_down: None,
+            last_mc_fcnt: vec![None; config.multicast.len()],
+            joined: config.otaa.is_none(),
+            next_dev_nonce: 0,
+            next_join: now,
+            join_gap_ms: JOIN_RETRY_MS,
+            join_dev_nonce: None,
+            last_uplink: None,
             commanded: None,
             last_heard: now,
             ramp: Ramp {
@@ -193,6 +281,19 @@ impl NodeCore {
     }
     pub fn counters(&self) -> NodeCounters {
         self.counters
+    }
+    /// False only for an OTAA node that has no session yet.
+    pub fn is_joined(&self) -> bool {
+        self.joined
+    }
+    /// The DevNonce the next JoinRequest will carry: the agent persists it, so a node that
+    /// restarts never repeats one (the network server would refuse the join).
+    pub fn next_dev_nonce(&self) -> u16 {
+        self.next_dev_nonce
+    }
+    /// Restores the persisted DevNonce counter (call right after [`NodeCore::new`]).
+    pub fn set_next_dev_nonce(&mut self, dev_nonce: u16) {
+        self.next_dev_nonce = dev_nonce;
     }
 
     /// The level the driver should output now, percent.
@@ -258,20 +359,63 @@ impl NodeCore {
     }
 
     fn apply_downlink(&mut self, now: UnixMs, phy: &[u8]) -> Result<Command, DownlinkError> {
-        let header = lorawan::peek_header(phy)?;
+        let header = match lorawan::peek_header(phy) {
+            Ok(h) => h,
+            // A join-accept is encrypted whole, so it has no readable header.
+            Err(FrameError::NotDataFrame(MType::JoinAccept)) => {
+                return self.apply_join_accept(now, phy)
+            }
+            Err(e) => return Err(e.into()),
+        };
         if header.mtype.is_uplink() {
             return Err(DownlinkError::NotDownlink(header.mtype));
+        }
+        if let Some(g) = self
+            .config
+            .multicast
+            .iter()
+            .position(|m| m.mc_addr == header.dev_addr)
+        {
+            let keys = self.config.multicast[g].keys;
+            let fcnt = lorawan::rebuild_fcnt(self.last_mc_fcnt[g], header.fcnt16)?;
+            let command = self.open_command(now, phy, &keys, fcnt)?;
+            self.last_mc_fcnt[g] = Some(fcnt);
+            self.counters.multicast_applied += 1;
+            return Ok(command);
+        }
+        if !self.joined {
+            return Err(DownlinkError::NotJoined);
         }
         if header.dev_addr != self.config.dev_addr {
             return Err(DownlinkError::NotForMe(header.dev_addr));
         }
+        if self.config.class == LorawanClass::A
+            && self
+                .last_uplink
+                .is_none_or(|t| now < t || now.since(t) > CLASS_A_WINDOW_MS)
+        {
+            return Err(DownlinkError::OutsideReceiveWindow);
+        }
         let fcnt = lorawan::rebuild_fcnt(self.last_fcnt_down, header.fcnt16)?;
-        let frame = lorawan::decode_data_frame(phy, &self.config.keys, fcnt)?;
+        let keys = self.config.keys;
+        let command = self.open_command(now, phy, &keys, fcnt)?;
+        self.last_fcnt_down = Some(fcnt);
+        Ok(command)
+    }
+
+    /// Checks the MIC, decrypts and applies a command frame; the caller records the FCnt.
+    fn open_command(
+        &mut self,
+        now: UnixMs,
+        phy: &[u8],
+        keys: &SessionKeys,
+        fcnt: u32,
+    ) -> Result<Command, DownlinkError> {
+        let frame = lorawan::decode_data_frame(phy, keys, fcnt)?;
         if frame.fport != Some(FPORT_COMMAND) {
             return Err(DownlinkError::WrongPort(frame.fport));
         }
         let command = Command::decode(&frame.frm_payload)?;
-        self.last_fcnt_down = Some(fcnt);
         self.last_heard = now;
         match &command {
             Command::SetLevel {
@@ -291,6 +435,37 @@ impl NodeCore {
         }
         self.on_time(now);
         Ok(command)
+    }
+
+    /// A JoinAccept: the session keys follow from it and the DevNonce of our request.
+    fn apply_join_accept(&mut self, now: UnixMs, phy: &[u8]) -> Result<Command, DownlinkError> {
+        let (Some(otaa), Some(dev_nonce), false) =
+            (self.config.otaa, self.join_dev_nonce, self.joined)
+        else {
+            return Err(DownlinkError::UnexpectedJoinAccept);
+        };
+        let accept = lorawan::decrypt_join_accept(phy, &otaa.app_key)?;
+        self.config.keys = lorawan::derive_session_keys(
+            &otaa.app_key,
+            accept.join_nonce,
+            accept.net_id,
+            dev_nonce.to_le_bytes(),
+        );
+        self.config.dev_addr = accept.dev_addr;
+        self.joined = true;
+        self.join_dev_nonce = None;
+        // A new session starts both counters again (LoRaWAN 1.0.x).
+        self.fcnt_up = 0;
+        self.last_fcnt_down = None;
+        self.last_heard = now;
+        self.counters.joins += 1;
+        // Report at once, so the network learns the new session's path.
+        self.pending = Some(ReportTrigger::Periodic);
+        Ok(Command::SetLevel {
+            level_pct: self.target_pct().round() as u8,
+            ramp_ms: 0,
+            hold_s: 0,
+        })
     }
 
     /// The presence sensor saw a road user.
@@ -336,6 +511,9 @@ impl NodeCore {
     /// The next uplink frame to send, if one is due.
     pub fn poll_transmit(&mut self, now: UnixMs) -> Option<Vec<u8>> {
         self.on_time(now);
+        if !self.joined {
+            return self.poll_join_request(now);
+        }
         let gap_ok = self
             .last_report
             .is_none_or(|t| now.since(t) >= self.config.min_report_gap_ms);
@@ -371,7 +549,31 @@ impl NodeCore {
             self.next_periodic = self.next_periodic.plus_ms(interval_ms);
         }
         self.counters.uplinks += 1;
+        self.last_uplink = Some(now);
         Some(phy)
+    }
+
+    fn poll_join_request(&mut self, now: UnixMs) -> Option<Vec<u8>> {
+        let otaa = self.config.otaa?;
+        if now < self.next_join {
+            return None;
+        }
+        let dev_nonce = self.next_dev_nonce;
+        // Nonces never repeat within a key's life: the counter does not wrap.
+        self.next_dev_nonce = self.next_dev_nonce.checked_add(1)?;
+        self.join_dev_nonce = Some(dev_nonce);
+        self.next_join = now.plus_ms(self.join_gap_ms);
+        self.join_gap_ms = (self.join_gap_ms * 2).min(JOIN_RETRY_MAX_MS);
+        self.counters.join_requests += 1;
+        self.last_uplink = Some(now);
+        Some(lorawan::encode_join_request(
+            &JoinRequest {
+                join_eui: otaa.join_eui,
+                dev_eui: self.config.dev_eui,
+                dev_nonce: dev_nonce.to_le_bytes(),
+            },
+            &otaa.app_key,
+        ))
     }
 
     /// The report the node would send now.
@@ -404,7 +606,11 @@ impl NodeCore {
     /// or silence expiring, the next fail-safe step). The agent sleeps until then unless an
     /// input arrives first.
     pub fn poll_timeout(&self, now: UnixMs) -> UnixMs {
-        let mut next = self.next_periodic;
+        let mut next = if self.joined {
+            self.next_periodic
+        } else {
+            self.next_join.max(now)
+        };
         if self.pending.is_some() {
             let gap_end = self
                 .last_report

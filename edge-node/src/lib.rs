@@ -5,6 +5,8 @@
 //! - [`hardware`]: the trait between the core's decisions and a real lamp driver and sensors,
 //!   with a simulated implementation for the demo, tests and the simulator.
 //! - [`agent`]: thin tokio glue that connects one core to an MQTT broker.
+//! - [`radio`]: the same glue over a LoRa radio ([`radio::Radio`]), with the simulated air
+//!   the demo and the live simulator use.
 //! - [`config`]: the node's TOML file.
 //!   `lamplighter-edge` (src/main.rs) runs it from a TOML file.
 
@@ -12,5 +14,6 @@ pub mod agent;
 pub mod config;
 pub mod core;
 pub mod hardware;
+pub mod radio;
 
 pub use crate::core::{NodeConfig, NodeCore, RoadUser, Sample};

@@ -1,24 +1,36 @@
-//! The live town: every lamp an edge-node core behind simulated hardware, each its own MQTT
-//! client of the broker, with road users arriving as the demand shape says.
+//! The live town: every lamp an edge-node core behind simulated hardware, with road users
+//! arriving as the demand shape says. Nodes reach the controller one of two ways:
 //!
-//! Used by `lamplighter demo` (nodes in the same process as the broker and controller) and
-//! by the end-to-end tests. Each node is a tokio task running
-//! [`lamplighter_edge::agent::run_node`], the same glue `lamplighter-edge` runs on a column.
+//! - **MQTT** ([`LiveTown::spawn`]): each node its own MQTT client of the broker, running
+//!   [`lamplighter_edge::agent::run_node`], the same glue `lamplighter-edge` runs on a column.
+//! - **LoRaWAN** ([`LiveTown::spawn_lorawan`]): each node runs
+//!   [`lamplighter_edge::radio::run_radio_node`] on a simulated radio. Its frames go on a
+//!   shared "air" that every simulated gateway hears (with its own signal strength), and the
+//!   gateways forward them over real UDP, Semtech protocol, to the bridge, exactly as packet
+//!   forwarders on rooftops do; downlinks come back as PULL_RESP and go on the air for every
+//!   node to hear.
+//!
+//! Used by `lamplighter demo` (nodes in the same process as the broker and controller), by
+//! `sim live` and by the end-to-end tests.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use lamplighter_broker::gwmp::GatewayEui;
+use lamplighter_broker::simgw::{self, AirFrame, SimGateway};
 use lamplighter_edge::agent::{run_node, MqttLink, NodeProbe};
 use lamplighter_edge::core::{NodeConfig, NodeCore};
 use lamplighter_edge::hardware::SimulatedLamp;
+use lamplighter_edge::radio::{run_radio_node, SimulatedRadio};
 use lamplighter_edge::RoadUser;
+use lamplighter_protocol::lorawan::radio::DataRate;
 use lamplighter_protocol::lorawan::SessionKeys;
 use lamplighter_protocol::payload::FailSafeProfile;
 use lamplighter_protocol::time::ScaledClock;
 use lamplighter_protocol::{DevAddr, DevEui, TenantId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::demand::{self, PeakRates};
@@ -38,6 +50,8 @@ pub struct LiveNode {
     pub fcnt_up: u32,
     /// The node's energy meter.
     pub energy_wh: f64,
+    /// Its zone's multicast group (LoRaWAN nodes).
+    pub multicast: Vec<lamplighter_edge::core::MulticastSession>,
 }
 
 impl LiveNode {
@@ -55,6 +69,7 @@ impl LiveNode {
             mqtt_password: s.mqtt_password,
             fcnt_up: s.node.last_fcnt_up.map_or(0, |f| f.wrapping_add(1)),
             energy_wh: s.node.last_energy_dwh.unwrap_or(0) as f64 / 10.0,
+            multicast: Vec::new(),
         }
     }
 }
@@ -73,8 +88,24 @@ pub struct LiveConfig {
     pub seed: u64,
 }
 
+/// The radio side of a LoRaWAN town.
+#[derive(Debug, Clone)]
+pub struct LorawanAir {
+    /// The bridge's Semtech UDP address.
+    pub bridge: std::net::SocketAddr,
+    /// One simulated gateway per EUI (they must be in the bridge's registry).
+    pub gateways: Vec<GatewayEui>,
+    /// The nodes' uplink data rate.
+    pub data_rate: DataRate,
+}
+
+/// Uplink channels of EU868's three default channels; a node hops among them per frame.
+const UPLINK_FREQS_HZ: [u32; 3] = [868_100_000, 868_300_000, 868_500_000];
+
 pub struct LiveTown {
     pub probes: Vec<Arc<NodeProbe>>,
+    /// The simulated gateways of a LoRaWAN town (empty over MQTT).
+    pub gateways: Vec<SimGateway>,
     presence: Vec<mpsc::Sender<RoadUser>>,
     tasks: Vec<JoinHandle<()>>,
     latencies_ms: Arc<std::sync::Mutex<Vec<u64>>>,
@@ -140,10 +171,84 @@ impl LiveTown {
         }
         LiveTown {
             probes,
+            gateways: Vec::new(),
             presence,
             tasks,
             latencies_ms,
         }
+    }
+
+    /// Spawns every node on a simulated radio, the gateways that hear them, and the road
+    /// users. `config.mqtt_*` is not used: the nodes reach the controller through the
+    /// gateways and the bridge.
+    pub async fn spawn_lorawan(
+        nodes: Vec<LiveNode>,
+        config: LiveConfig,
+        air: LorawanAir,
+    ) -> std::io::Result<LiveTown> {
+        let (up_tx, up_rx) = mpsc::channel::<Vec<u8>>(nodes.len().max(64) * 2);
+        // Every node hears every downlink and keeps its own; a node that falls this far
+        // behind misses frames, as a radio does.
+        let (down_tx, _) = broadcast::channel::<Vec<u8>>(4096);
+        let mut gateways = Vec::with_capacity(air.gateways.len());
+        let mut gateway_air = Vec::with_capacity(air.gateways.len());
+        for &eui in &air.gateways {
+            let (tx, rx) = mpsc::channel::<AirFrame>(nodes.len().max(64) * 2);
+            gateways.push(
+                simgw::spawn(eui, air.bridge, rx, down_tx.clone(), Duration::from_secs(5)).await?,
+            );
+            gateway_air.push(tx);
+        }
+        let mut tasks = vec![tokio::spawn(propagate(up_rx, gateway_air, air.data_rate))];
+        let mut probes = Vec::with_capacity(nodes.len());
+        let mut presence = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let now = config.clock.now();
+            let mut node_config =
+                NodeConfig::new(node.dev_eui, node.dev_addr, node.keys, node.lat, node.lon);
+            node_config.report_interval_s = config.report_interval_s;
+            node_config.fail_safe =
+                FailSafeProfile::part_night(config.utc_offset_min, config.silence_timeout_s);
+            node_config.multicast = node.multicast;
+            let core = NodeCore::new(node_config, now, node.fcnt_up, node.energy_wh);
+            let hardware = SimulatedLamp::new(node.lat, node.lon, node.rated_power_w);
+            let radio = SimulatedRadio {
+                uplinks: up_tx.clone(),
+                downlinks: down_tx.subscribe(),
+            };
+            let probe = Arc::new(NodeProbe::default());
+            let (tx, rx) = mpsc::channel(64);
+            tasks.push(tokio::spawn(run_radio_node(
+                core,
+                hardware,
+                radio,
+                air.data_rate,
+                config.clock,
+                rx,
+                probe.clone(),
+            )));
+            probes.push(probe);
+            presence.push(tx);
+        }
+        let latencies_ms = Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(peak) = config.demand {
+            tasks.push(tokio::spawn(road_users(
+                presence.clone(),
+                probes.clone(),
+                latencies_ms.clone(),
+                peak,
+                config.clock,
+                config.utc_offset_min,
+                config.seed,
+            )));
+        }
+        Ok(LiveTown {
+            probes,
+            gateways,
+            presence,
+            tasks,
+            latencies_ms,
+        })
     }
 
     /// Latency from a road user's detection at a lamp that was not already raised to the
@@ -184,6 +289,38 @@ impl LiveTown {
     pub fn stop(self) {
         for t in self.tasks {
             t.abort();
+        }
+        for g in self.gateways {
+            g.task.abort();
+        }
+    }
+}
+
+/// The air: every frame a node sends reaches every gateway, each with its own signal. The
+/// signal is a fixed function of the frame and the gateway (no randomness to seed), spread
+/// over -120..-60 dBm and -10..+10 dB SNR, so which gateway is "best" differs frame by frame
+/// and the bridge's de-duplication has real choices to make.
+async fn propagate(
+    mut up: mpsc::Receiver<Vec<u8>>,
+    gateways: Vec<mpsc::Sender<AirFrame>>,
+    data_rate: DataRate,
+) {
+    while let Some(phy) = up.recv().await {
+        let h = phy.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        let freq_hz = UPLINK_FREQS_HZ[(h % 3) as usize];
+        for (i, gw) in gateways.iter().enumerate() {
+            let g = h.rotate_left(17 * (i as u32 + 1));
+            let frame = AirFrame {
+                phy: phy.clone(),
+                freq_hz,
+                datr: data_rate,
+                rssi_dbm: -120 + (g % 61) as i32,
+                snr_db: -10.0 + ((g >> 8) % 201) as f64 / 10.0,
+            };
+            // A gateway that cannot keep up misses the frame, as a busy demodulator does.
+            let _ = gw.try_send(frame);
         }
     }
 }
