@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use lamplighter_controller::core::{ControllerConfig, ControllerCore, LampView, Summary, ZoneView};
+use lamplighter_controller::core::{
+    ControllerConfig, ControllerCore, LampView, Summary, ZoneSettings, ZoneSettingsError, ZoneView,
+};
 use lamplighter_controller::service::{self, ControllerHandle, ServiceConfig};
 use lamplighter_controller::store::{HistoryPoint, Resolution};
 use lamplighter_controller::store::{Store, StoreThread, StoreWriter, StoredNode};
@@ -255,6 +257,26 @@ impl LiveSource for Dashboard {
             .zone_history(tenant, zone, from_s, to_s, resolution)
             .map_err(|e| SourceError::Internal(e.to_string()))
     }
+    fn zone_settings(&self, tenant: &TenantId, zone: ZoneId) -> Result<ZoneSettings, SourceError> {
+        self.controller
+            .with_core(|core, _| core.zone_settings(tenant, zone))
+            .ok_or_else(|| SourceError::NotFound(format!("zone {tenant}/{}", zone.0)))
+    }
+    fn set_zone_settings(
+        &self,
+        tenant: &TenantId,
+        zone: ZoneId,
+        settings: &ZoneSettings,
+    ) -> Result<usize, SourceError> {
+        self.controller
+            .with_core(|core, now| core.set_zone_settings(now, tenant, zone, settings))
+            .map_err(|e| match e {
+                ZoneSettingsError::UnknownZone => {
+                    SourceError::NotFound(format!("zone {tenant}/{}", zone.0))
+                }
+                ZoneSettingsError::Policy(p) => SourceError::Invalid(p.to_string()),
+            })
+    }
     fn roads(&self, tenant: Option<&TenantId>) -> Vec<Road> {
         self.roads
             .iter()
@@ -367,6 +389,20 @@ pub async fn start(
         roads: config.roads.clone(),
     });
     let accounts = Accounts::open(data_dir)?;
+    // Zone settings engineers saved on the dashboard apply again after a restart.
+    for (tenant, zone, json) in accounts.saved_zone_settings()? {
+        let applied = TenantId::new(&tenant)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                let s: ZoneSettings = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+                controller
+                    .with_core(|core, now| core.set_zone_settings(now, &t, ZoneId(zone), &s))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = applied {
+            tracing::warn!(%tenant, zone, error = %e, "saved zone settings not applied");
+        }
+    }
     let options = DashboardOptions {
         secure_cookies: config.http_secure_cookies,
         ..DashboardOptions::default()

@@ -78,6 +78,14 @@ CREATE TABLE audit (
     reason TEXT NOT NULL
 );
 CREATE INDEX audit_time ON audit(at_ms);
+CREATE TABLE zone_settings (
+    tenant TEXT NOT NULL,
+    zone INTEGER NOT NULL,
+    settings TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    username TEXT NOT NULL,
+    PRIMARY KEY (tenant, zone)
+);
 ";
 
 /// What an account may do. Each role may do everything the ones before it may.
@@ -652,6 +660,41 @@ impl Accounts {
                     })
                 },
             )
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+}
+
+impl Accounts {
+    /// Keeps a zone's policy settings (JSON), so a restart applies them again.
+    pub fn save_zone_settings(
+        &mut self,
+        tenant: &TenantId,
+        zone: u32,
+        settings_json: &str,
+        username: &str,
+        now_ms: i64,
+    ) -> Result<(), AccountsError> {
+        self.conn
+            .execute(
+                "INSERT INTO zone_settings (tenant, zone, settings, updated_ms, username)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant, zone) DO UPDATE SET settings = excluded.settings,
+                    updated_ms = excluded.updated_ms, username = excluded.username",
+                params![tenant.as_str(), zone, settings_json, now_ms, username],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Every zone's saved settings: (tenant, zone, JSON).
+    pub fn saved_zone_settings(&self) -> Result<Vec<(String, u32, String)>, AccountsError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT tenant, zone, settings FROM zone_settings ORDER BY tenant, zone")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }

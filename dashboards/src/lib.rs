@@ -71,7 +71,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::IntervalStream;
 
 pub use accounts::{Accounts, AccountsError, Principal, Role};
-pub use lamplighter_controller::core::{LampView, Summary, ZoneView};
+pub use lamplighter_controller::core::{LampView, Summary, ZoneSettings, ZoneView};
 pub use lamplighter_controller::store::HistoryPoint;
 
 /// How often the event stream sends the summary and the zones.
@@ -228,6 +228,23 @@ pub trait LiveSource: Send + Sync + 'static {
     ) -> Result<Vec<HistoryPoint>, SourceError> {
         Err(SourceError::Unsupported("history"))
     }
+    /// A zone's policy settings.
+    fn zone_settings(
+        &self,
+        _tenant: &TenantId,
+        _zone: ZoneId,
+    ) -> Result<ZoneSettings, SourceError> {
+        Err(SourceError::Unsupported("zone settings"))
+    }
+    /// Sets a zone's policy settings (validated by the controller); returns its lamps.
+    fn set_zone_settings(
+        &self,
+        _tenant: &TenantId,
+        _zone: ZoneId,
+        _settings: &ZoneSettings,
+    ) -> Result<usize, SourceError> {
+        Err(SourceError::Unsupported("zone settings"))
+    }
     /// The roads to draw under the lamps of `tenant`.
     fn roads(&self, _tenant: Option<&TenantId>) -> Vec<Road> {
         Vec::new()
@@ -317,6 +334,10 @@ fn build_router(state: AppState) -> Router {
         .route("/api/v1/lamps/{lamp}/history", get(lamp_history))
         .route("/api/v1/zones", get(zones))
         .route("/api/v1/zones/{tenant}/{zone}/history", get(zone_history))
+        .route(
+            "/api/v1/zones/{tenant}/{zone}/settings",
+            get(zone_settings).put(set_zone_settings),
+        )
         .route("/api/v1/roads", get(roads))
         .route("/api/v1/overrides", get(list_overrides).post(set_override))
         .route("/api/v1/overrides/clear", post(clear_override))
@@ -802,6 +823,118 @@ async fn zone_history(
         Ok(h) => live_json(h),
         Err(e) => source_error(e, &uri),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Zone settings
+
+/// A zone named in a path, if the caller may see it.
+fn path_zone(
+    auth: &Auth,
+    tenant: &str,
+    zone: &str,
+    uri: &Uri,
+) -> Result<(TenantId, ZoneId), Response> {
+    let (Ok(tenant), Ok(zone)) = (TenantId::new(tenant), zone.parse::<u32>()) else {
+        return Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad tenant or zone",
+            uri,
+        ));
+    };
+    if auth.tenant().is_some_and(|t| t != &tenant) {
+        return Err(json_error(StatusCode::NOT_FOUND, "zone not found", uri));
+    }
+    Ok((tenant, ZoneId(zone)))
+}
+
+async fn zone_settings(
+    State(state): State<AppState>,
+    auth: Auth,
+    uri: Uri,
+    Path((tenant, zone)): Path<(String, String)>,
+) -> Response {
+    let (tenant, zone) = match path_zone(&auth, &tenant, &zone, &uri) {
+        Ok(z) => z,
+        Err(r) => return r,
+    };
+    match state.source.zone_settings(&tenant, zone) {
+        Ok(s) => live_json(s),
+        Err(e) => source_error(e, &uri),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsRequest {
+    policy: String,
+    design_class: lamplighter_protocol::LightingClass,
+    min_level_pct: u8,
+    ramp_up_ms: u32,
+    ramp_down_ms: u32,
+    reason: String,
+}
+
+async fn set_zone_settings(
+    State(state): State<AppState>,
+    auth: Auth,
+    uri: Uri,
+    Path((tenant, zone)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = auth.require(Role::Admin, &uri) {
+        return r;
+    }
+    let (tenant, zone) = match path_zone(&auth, &tenant, &zone, &uri) {
+        Ok(z) => z,
+        Err(r) => return r,
+    };
+    let req: SettingsRequest = match json_body(&headers, &body, &uri) {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    let reason = match valid_reason(&req.reason, &uri) {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    let settings = ZoneSettings {
+        policy: req.policy,
+        design_class: req.design_class,
+        min_level_pct: req.min_level_pct,
+        ramp_up_ms: req.ramp_up_ms,
+        ramp_down_ms: req.ramp_down_ms,
+    };
+    let before = match state.source.zone_settings(&tenant, zone) {
+        Ok(s) => s,
+        Err(e) => return source_error(e, &uri),
+    };
+    let lamps = match state.source.set_zone_settings(&tenant, zone, &settings) {
+        Ok(n) => n,
+        Err(e) => return source_error(e, &uri),
+    };
+    let detail = serde_json::json!({ "from": before, "to": settings, "lamps": lamps });
+    let target = format!("zone {tenant}/{}", zone.0);
+    if let Err(e) = write_audit(
+        &state,
+        &auth,
+        Some(&tenant),
+        "zone-settings",
+        &target,
+        &detail,
+        &reason,
+    ) {
+        return audit_failed(e, &uri);
+    }
+    let json = serde_json::to_string(&settings).unwrap_or_default();
+    if let Err(e) =
+        state
+            .accounts()
+            .save_zone_settings(&tenant, zone.0, &json, &auth.0.username, wall_ms())
+    {
+        return audit_failed(e, &uri);
+    }
+    live_json(settings)
 }
 
 // ---------------------------------------------------------------------------------------

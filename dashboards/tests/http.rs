@@ -631,6 +631,17 @@ type Recorded = (Option<TenantId>, String, Option<u8>, u64);
 #[derive(Default)]
 struct TenantSource {
     overrides: std::sync::Mutex<Vec<Recorded>>,
+    settings: std::sync::Mutex<Vec<(TenantId, ZoneId, lamplighter_dashboards::ZoneSettings)>>,
+}
+
+fn default_settings() -> lamplighter_dashboards::ZoneSettings {
+    lamplighter_dashboards::ZoneSettings {
+        policy: "part-night".into(),
+        design_class: "M4".parse().unwrap(),
+        min_level_pct: 20,
+        ramp_up_ms: 1000,
+        ramp_down_ms: 20000,
+    }
 }
 
 fn lamp_of(id: u32, tenant: &str, zone: u32) -> LampView {
@@ -719,6 +730,42 @@ impl LiveSource for TenantSource {
             until_ms,
         ));
         Ok(n)
+    }
+    fn zone_settings(
+        &self,
+        tenant: &TenantId,
+        zone: ZoneId,
+    ) -> Result<lamplighter_dashboards::ZoneSettings, lamplighter_dashboards::SourceError> {
+        if !self.lamps(Some(tenant)).iter().any(|l| l.zone == zone) {
+            return Err(lamplighter_dashboards::SourceError::NotFound("zone".into()));
+        }
+        Ok(self
+            .settings
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(t, z, _)| t == tenant && *z == zone)
+            .map_or_else(default_settings, |(_, _, s)| s.clone()))
+    }
+    fn set_zone_settings(
+        &self,
+        tenant: &TenantId,
+        zone: ZoneId,
+        settings: &lamplighter_dashboards::ZoneSettings,
+    ) -> Result<usize, lamplighter_dashboards::SourceError> {
+        self.zone_settings(tenant, zone)?;
+        // The controller validates; the fake knows one rule, to see its error passed on.
+        if settings.min_level_pct > 100 {
+            return Err(lamplighter_dashboards::SourceError::Invalid(
+                "min_level_pct must be 0 to 100".into(),
+            ));
+        }
+        self.settings
+            .lock()
+            .unwrap()
+            .push((tenant.clone(), zone, settings.clone()));
+        Ok(1)
     }
 }
 
@@ -1306,4 +1353,97 @@ async fn admins_add_users_in_their_reach_and_it_is_audited() {
     )
     .await;
     assert_eq!(audit.json()[0]["action"], "user-add");
+}
+
+#[tokio::test]
+async fn zone_settings_are_admin_only_validated_audited_and_saved() {
+    let s = start_accounts(DashboardOptions::default()).await;
+    let mut cli = Accounts::open(s.dir.path()).unwrap();
+    let north = TenantId::new("north").unwrap();
+    let viewer = cli.add_token(Role::Viewer, Some(&north), "", 0).unwrap();
+    let operator = cli.add_token(Role::Operator, Some(&north), "", 0).unwrap();
+    let north_admin = cli.add_token(Role::Admin, Some(&north), "", 0).unwrap();
+    let path = "/api/v1/zones/north/2/settings";
+
+    let got = request_with(s.addr, "GET", path, &[bearer(&viewer)], None).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(got.json()["policy"], "part-night");
+    assert_eq!(got.json()["design_class"], "M4");
+
+    let body = |policy: &str, class: &str, min: i64| {
+        serde_json::json!({
+            "policy": policy, "design_class": class, "min_level_pct": min,
+            "ramp_up_ms": 2000, "ramp_down_ms": 30000, "reason": "residents asked"
+        })
+        .to_string()
+    };
+    let res = request_with(
+        s.addr,
+        "PUT",
+        path,
+        &[bearer(&operator)],
+        Some(&body("full", "M3", 30)),
+    )
+    .await;
+    assert_eq!(res.status, 403, "operators cannot change settings");
+    for (bad, why) in [
+        (body("full", "M9", 30), "class"),
+        (body("full", "M3", 300), "min level out of u8"),
+        (
+            body("full", "M3", 101),
+            "min level above 100 (the controller says)",
+        ),
+        (
+            serde_json::json!({"policy": "full", "design_class": "M3", "min_level_pct": 3,
+                "ramp_up_ms": 1, "ramp_down_ms": 1, "reason": "x", "colour": "red"})
+            .to_string(),
+            "unknown field",
+        ),
+        (
+            body("full", "M3", 30).replace("residents asked", ""),
+            "no reason",
+        ),
+    ] {
+        let res = request_with(s.addr, "PUT", path, &[bearer(&north_admin)], Some(&bad)).await;
+        assert_eq!(res.status, 400, "{why}: {}", res.body);
+    }
+    assert!(s.source.settings.lock().unwrap().is_empty());
+    let res = request_with(
+        s.addr,
+        "PUT",
+        "/api/v1/zones/south/1/settings",
+        &[bearer(&north_admin)],
+        Some(&body("full", "M3", 30)),
+    )
+    .await;
+    assert_eq!(res.status, 404, "another tenant's zone");
+
+    let res = request_with(
+        s.addr,
+        "PUT",
+        path,
+        &[bearer(&north_admin)],
+        Some(&body("full", "M3", 30)),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let got = request_with(s.addr, "GET", path, &[bearer(&viewer)], None).await;
+    assert_eq!(got.json()["policy"], "full");
+    assert_eq!(got.json()["min_level_pct"], 30);
+    let audit = request_with(s.addr, "GET", "/api/v1/audit", &[bearer(&viewer)], None).await;
+    let line = &audit.json()[0];
+    assert_eq!(line["action"], "zone-settings");
+    assert_eq!(line["target"], "zone north/2");
+    assert_eq!(line["reason"], "residents asked");
+    let detail: Value = serde_json::from_str(line["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["from"]["policy"], "part-night");
+    assert_eq!(detail["to"]["policy"], "full");
+    // Saved for the next start.
+    let saved = Accounts::open(s.dir.path())
+        .unwrap()
+        .saved_zone_settings()
+        .unwrap();
+    assert_eq!(saved.len(), 1);
+    assert_eq!((saved[0].0.as_str(), saved[0].1), ("north", 2));
+    assert!(saved[0].2.contains("\"full\""));
 }
