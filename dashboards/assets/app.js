@@ -216,6 +216,7 @@
       b.addEventListener("click", () => {
         chartZone = { tenant: z.tenant, zone: z.zone };
         refreshZoneChart();
+        loadZoneSettings();
         const form = $("ov-zone");
         if (form) {
           $("ov-zone").value = String(z.zone);
@@ -368,6 +369,59 @@
     } catch (err) {
       setText("zone-chart", "History unavailable: " + err.message);
     }
+  }
+
+  // ---- zone settings ----------------------------------------------------------------------
+
+  function settingsPath(z) {
+    return "api/v1/zones/" + encodeURIComponent(z.tenant) + "/" + z.zone + "/settings";
+  }
+
+  async function loadZoneSettings() {
+    if (!chartZone) return;
+    const z = chartZone;
+    $("zs-form").hidden = false;
+    setText("zs-heading", "Policy settings of zone " + z.tenant + " · " + z.zone);
+    const admin = me && me.role === "admin";
+    for (const id of ["zs-policy", "zs-class", "zs-min", "zs-up", "zs-down", "zs-reason", "zs-submit"]) {
+      $(id).disabled = !admin;
+    }
+    $("zs-reason").hidden = !admin;
+    $("zs-submit").hidden = !admin;
+    try {
+      const res = await api(settingsPath(z));
+      if (!res.ok) throw new Error(await errorText(res));
+      const s = await res.json();
+      $("zs-policy").value = s.policy;
+      $("zs-class").value = s.design_class;
+      $("zs-min").value = String(s.min_level_pct);
+      $("zs-up").value = String(s.ramp_up_ms);
+      $("zs-down").value = String(s.ramp_down_ms);
+      setText("zs-message", admin ? "" : "Only an admin can change these.");
+    } catch (err) {
+      setText("zs-message", "Settings unavailable: " + err.message);
+    }
+  }
+
+  async function saveZoneSettings(ev) {
+    ev.preventDefault();
+    if (!chartZone) return;
+    const body = {
+      policy: $("zs-policy").value,
+      design_class: $("zs-class").value.trim().toUpperCase(),
+      min_level_pct: parseInt($("zs-min").value, 10),
+      ramp_up_ms: parseInt($("zs-up").value, 10),
+      ramp_down_ms: parseInt($("zs-down").value, 10),
+      reason: $("zs-reason").value,
+    };
+    try {
+      const res = await api(settingsPath(chartZone), { method: "PUT", body: JSON.stringify(body) });
+      setText("zs-message", res.ok ? "Saved; the zone's lamps follow it now." : "Refused: " + (await errorText(res)));
+    } catch (err) {
+      setText("zs-message", "Cannot reach the server.");
+    }
+    refreshAudit();
+    refreshLamps();
   }
 
   // ---- lamps: map -------------------------------------------------------------------------
@@ -1018,6 +1072,8 @@
     $("login-form").addEventListener("submit", login);
     $("logout").addEventListener("click", logout);
     $("override-form").addEventListener("submit", submitOverride);
+    $("zs-form").addEventListener("submit", saveZoneSettings);
+    $("zs-form").hidden = true;
     $("ov-scope").addEventListener("change", syncOverrideForm);
     syncOverrideForm();
     document.addEventListener("visibilitychange", () => {
