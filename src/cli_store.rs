@@ -47,9 +47,17 @@ pub struct ExportArgs {
     /// Last day (YYYY-MM-DD, UTC: the whole day is included) or Unix seconds (exclusive).
     #[arg(long)]
     pub to: String,
-    /// readings | energy | audit
+    /// readings | energy | audit | half-hourly (consumption per lamp and half-hour, for
+    /// unmetered-supply billing)
     #[arg(long)]
     pub what: ExportWhat,
+    /// half-hourly: the deployment's offset from UTC, minutes ([controller.policy]
+    /// utc_offset_min); dates in --from and --to are then local days.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub utc_offset_min: i32,
+    /// half-hourly: only this tenant's lamps.
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// csv (the only format)
     #[arg(long, default_value = "csv")]
     pub format: String,
@@ -121,16 +129,37 @@ pub fn export(args: ExportArgs) -> Result<()> {
     anyhow::ensure!(from < to, "--from must be before --to");
     let dir = data_dir(args.data_dir)?;
     let store = Store::open_read_only(&dir)?;
-    let rows = match &args.output {
-        Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            store.export_csv(args.what, from, to, std::io::BufWriter::new(file))?
-        }
-        None => {
-            let stdout = std::io::stdout();
-            store.export_csv(args.what, from, to, std::io::BufWriter::new(stdout.lock()))?
-        }
+    let out: Box<dyn std::io::Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let rows = if args.what == ExportWhat::HalfHourly {
+        // A date is a local day; Unix seconds are taken as they are.
+        let local = |s: &str, t: i64| {
+            if s.parse::<i64>().is_ok() {
+                t
+            } else {
+                t - args.utc_offset_min as i64 * 60
+            }
+        };
+        let tenant = args
+            .tenant
+            .as_deref()
+            .map(lamplighter_protocol::TenantId::new)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+        store.half_hourly_csv(
+            tenant.as_ref(),
+            local(&args.from, from),
+            local(&args.to, to),
+            args.utc_offset_min,
+            out,
+        )?
+    } else {
+        store.export_csv(args.what, from, to, out)?
     };
     eprintln!("lamplighter: exported {rows} rows");
     Ok(())

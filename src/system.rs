@@ -50,6 +50,10 @@ pub struct SystemConfig {
     /// read from the file).
     #[serde(skip)]
     pub roads: Vec<(TenantId, lamplighter_dashboards::Road)>,
+    /// Tenants whose lamps talk through their own LoRaWAN network (ChirpStack v4, The Things
+    /// Stack v3): `[[external_networks]]` with tenant, kind, host, port, username, password,
+    /// application.
+    pub external_networks: Vec<lamplighter_broker::external_link::ExternalNetwork>,
 }
 
 impl Default for SystemConfig {
@@ -65,6 +69,7 @@ impl Default for SystemConfig {
             store: Default::default(),
             http_secure_cookies: false,
             roads: Vec::new(),
+            external_networks: Vec::new(),
         }
     }
 }
@@ -93,6 +98,15 @@ impl SystemConfig {
             self.controller.report_interval_s > 0,
             "controller.report_interval_s must be positive"
         );
+        let mut tenants = std::collections::HashSet::new();
+        for n in &self.external_networks {
+            n.validate().map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                tenants.insert(&n.tenant),
+                "tenant {} has two external networks",
+                n.tenant
+            );
+        }
         Ok(())
     }
 
@@ -117,6 +131,8 @@ pub struct System {
     pub http_addr: SocketAddr,
     /// The LoRaWAN gateway bridge, when `udp_listen` is set.
     pub bridge: Option<lamplighter_broker::bridge::BridgeHandle>,
+    /// One link per tenant on an external LoRaWAN network.
+    pub external_links: Vec<lamplighter_broker::external_link::ExternalLink>,
     tasks: Vec<JoinHandle<()>>,
     store_thread: StoreThread,
 }
@@ -362,6 +378,38 @@ pub async fn start(
         ),
         None => None,
     };
+    // Links to tenants' own networks listen before the controller sends its first commands.
+    let external_links: Vec<_> = config
+        .external_networks
+        .iter()
+        .map(|network| {
+            let devices = nodes
+                .iter()
+                .filter(|s| s.node.tenant == network.tenant)
+                .map(|s| lamplighter_broker::external_link::ExternalDevice {
+                    dev_eui: s.node.dev_eui,
+                    dev_addr: s.node.dev_addr,
+                    keys: s.node.keys,
+                })
+                .collect();
+            lamplighter_broker::external_link::start(
+                network.clone(),
+                devices,
+                lamplighter_broker::bridge::MqttTarget {
+                    host: broker.listen.ip().to_string(),
+                    port: broker.listen.port(),
+                    client_id: format!("lamplighter-external-{}", network.tenant),
+                    username: CONTROLLER_USER.into(),
+                    password: controller_password.clone(),
+                },
+            )
+        })
+        .collect();
+    for link in &external_links {
+        if !link.wait_subscribed(Duration::from_secs(5)).await {
+            tracing::warn!("an external network link is not yet listening for commands");
+        }
+    }
     let (writer, store_thread) = StoreWriter::start_with(store, &config.store);
     let (controller, mut tasks) = service::start(
         core,
@@ -372,7 +420,7 @@ pub async fn start(
             mqtt_port: broker.listen.port(),
             mqtt_client_id: CONTROLLER_USER.into(),
             mqtt_username: CONTROLLER_USER.into(),
-            mqtt_password: controller_password,
+            mqtt_password: controller_password.clone(),
             tick_interval: Duration::from_secs_f64(config.tick_interval_s),
             uplinks_subscribed,
         },
@@ -421,6 +469,7 @@ pub async fn start(
             mqtt_addr: broker.listen,
             http_addr,
             bridge: bridge_handle,
+            external_links,
             tasks,
             store_thread,
         },
@@ -431,6 +480,9 @@ pub async fn start(
 impl System {
     /// Stops the tasks and waits until everything accepted is written to the store.
     pub async fn shutdown(self) {
+        for t in self.external_links.iter().flat_map(|l| &l.tasks) {
+            t.abort();
+        }
         for t in &self.tasks {
             t.abort();
         }

@@ -16,10 +16,12 @@
 //! - [`bridge`]: the UDP socket and the MQTT client around the network server.
 //! - [`simgw`]: a simulated gateway speaking real GWMP over UDP (demo, tests, bench).
 //! - [`external`]: councils' existing networks (ChirpStack v4, The Things Stack v3).
+//! - [`external_link`]: a tenant's existing network as the carrier of its frames (MQTT both ways).
 
 pub mod bridge;
 pub mod dutycycle;
 pub mod external;
+pub mod external_link;
 pub mod gateways;
 pub mod gwmp;
 pub mod netserver;

@@ -1,6 +1,7 @@
 //! Bounded fuzzing (proptest) of everything that reads bytes from the network: the GWMP
 //! parser, the frame decoders, the payload codec and the external networks' JSON. Each must
-//! return a typed error or a value, never panic. CI runs these with the case counts below.
+//! return a typed error or a value, never panic. `cargo test` runs 2,000 cases of each;
+//! `.ci/run` runs them again as a separate, longer smoke with `LAMPLIGHTER_FUZZ_CASES`.
 
 use lamplighter_broker::external::{parse_uplink, NetworkKind};
 use lamplighter_broker::gwmp;
@@ -15,8 +16,12 @@ use lamplighter_protocol::{DevAddr, DevEui, TenantId, UnixMs};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
+    let cases = std::env::var("LAMPLIGHTER_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
     ProptestConfig {
-        cases: 2_000,
+        cases,
         failure_persistence: None,
         ..ProptestConfig::default()
     }
@@ -90,6 +95,38 @@ proptest! {
         let _ = parse_uplink(NetworkKind::Chirpstack, cs.as_bytes());
         let tts = format!(r#"{{"end_device_ids":{{"dev_eui":"{eui}"}},"uplink_message":{{"f_cnt":{fcnt},"f_port":{port},"frm_payload":"{data}"}}}}"#);
         let _ = parse_uplink(NetworkKind::Tts, tts.as_bytes());
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn external_link_never_panics(
+        topic in "(application/app/device/[0-9a-f]{16}/event/up|v3/app/devices/[a-z0-9-]{1,12}/up|lamplighter/t/down/[0-9A-F]{16}|[ -~]{0,40})",
+        body in proptest::collection::vec(any::<u8>(), 0..120),
+    ) {
+        use lamplighter_broker::external_link::{ExternalAdapter, ExternalDevice, ExternalNetwork};
+        for kind in [NetworkKind::Chirpstack, NetworkKind::Tts] {
+            let mut a = ExternalAdapter::new(
+                ExternalNetwork {
+                    tenant: TenantId::new("t").unwrap(),
+                    kind,
+                    host: "h".into(),
+                    port: 1883,
+                    username: None,
+                    password: None,
+                    application: "app".into(),
+                },
+                [ExternalDevice {
+                    dev_eui: DevEui(0x0011_2233_4455_6677),
+                    dev_addr: DevAddr(1),
+                    keys: SessionKeys { nwk_s_key: AesKey([1; 16]), app_s_key: AesKey([2; 16]) },
+                }],
+            );
+            let _ = a.handle_uplink(&topic, &body);
+            let _ = a.handle_downlink(&topic, &body);
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! - [`core`]: sans-IO. Lamp and zone state, uplink checks (topic, DevAddr, FCnt, MIC,
 //!   payload), the policy, commands as ready-made frames. Time is an argument.
+//! - [`faults`]: sans-IO. Lamp failure, driver fault, comms loss, day-burning and cycling,
+//!   raised with hysteresis, acknowledged and cleared.
 //! - [`store`]: SQLite (rusqlite, bundled, WAL): provisioned nodes and their credentials,
 //!   readings, commands, rejections. Writes are batched on their own thread.
 //! - [`influx`]: the InfluxDB sink: points spooled in SQLite with the readings, written in
@@ -10,6 +12,7 @@
 //!   publishes its commands, hands events to the store and a shared handle to the API.
 
 pub mod core;
+pub mod faults;
 pub mod influx;
 pub mod service;
 pub mod store;

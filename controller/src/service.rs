@@ -8,6 +8,12 @@
 //!
 //! The API reads the core through [`ControllerHandle`], under a mutex held only to copy a
 //! view out.
+//!
+//! Faults: every accepted reading and every tick also go to the [`FaultTracker`] (its own
+//! mutex, never held together with the core's), restored at start from the faults the store
+//! held open. Its events, and operators' acknowledgements and clears, are logged and
+//! written through the store's writer (sent while the tracker's lock is held, so the store
+//! sees them in the order they happened).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +27,10 @@ use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::core::{ControllerCore, LampView, Summary, ZoneView};
+use crate::core::{ControllerCore, Event, LampView, Summary, ZoneView};
+use crate::faults::{
+    Fault, FaultCounts, FaultError, FaultEvent, FaultId, FaultTracker, LampInfo, ReportContext,
+};
 use crate::store::{Committed, StoreWriter};
 
 /// The topic on which the controller acknowledges a node's readings once they are stored:
@@ -79,6 +88,8 @@ struct Shared {
     core: Mutex<ControllerCore>,
     clock: ScaledClock,
     metrics: ServiceMetrics,
+    faults: Mutex<FaultTracker>,
+    store: StoreWriter,
 }
 
 /// A cheap, cloneable view of the running controller.
@@ -110,6 +121,83 @@ impl ControllerHandle {
     }
     pub fn metrics(&self) -> &ServiceMetrics {
         &self.shared.metrics
+    }
+    fn fault_tracker(&self) -> MutexGuard<'_, FaultTracker> {
+        self.shared.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Faults not yet cleared (open and acknowledged), of one tenant or all, newest first.
+    /// Cleared ones are in the store: [`crate::store::Store::recent_faults`].
+    pub fn faults(&self, tenant: Option<&TenantId>) -> Vec<Fault> {
+        self.fault_tracker().faults(tenant)
+    }
+    /// Faults open and acknowledged, by kind, for the front page.
+    pub fn fault_counts(&self, tenant: Option<&TenantId>) -> FaultCounts {
+        self.fault_tracker().counts(tenant)
+    }
+    /// `user` has seen fault `id` (`note`: why, or what happens next). With `tenant`, a
+    /// fault of another tenant is [`FaultError::NotOpen`], as if it did not exist. Logged
+    /// and stored (the audit export lists it).
+    pub fn acknowledge_fault(
+        &self,
+        tenant: Option<&TenantId>,
+        id: FaultId,
+        user: &str,
+        note: &str,
+        now: UnixMs,
+    ) -> Result<Fault, FaultError> {
+        self.fault_action(tenant, id, |t| t.acknowledge(id, user, note, now))
+    }
+    /// `user` clears fault `id` by hand (`note`: why). Same rules as
+    /// [`ControllerHandle::acknowledge_fault`].
+    pub fn clear_fault(
+        &self,
+        tenant: Option<&TenantId>,
+        id: FaultId,
+        user: &str,
+        note: &str,
+        now: UnixMs,
+    ) -> Result<Fault, FaultError> {
+        self.fault_action(tenant, id, |t| t.clear(id, user, note, now))
+    }
+    fn fault_action(
+        &self,
+        tenant: Option<&TenantId>,
+        id: FaultId,
+        act: impl FnOnce(&mut FaultTracker) -> Result<Fault, FaultError>,
+    ) -> Result<Fault, FaultError> {
+        let mut tracker = self.fault_tracker();
+        let visible = tracker
+            .fault(id)
+            .is_some_and(|f| tenant.is_none_or(|t| &f.tenant == t));
+        if !visible {
+            return Err(FaultError::NotOpen(id));
+        }
+        let fault = act(&mut tracker)?;
+        drain_faults(&mut tracker, &self.shared.store);
+        Ok(fault)
+    }
+    /// The deployment's offset from UTC (`[controller.policy] utc_offset_min`): where its
+    /// days start, for the energy figures and the half-hourly export.
+    pub fn utc_offset_min(&self) -> i32 {
+        self.core().config().policy.utc_offset_min
+    }
+    /// What a kWh costs (`[controller.tariff]`).
+    pub fn tariff(&self) -> crate::store::Tariff {
+        self.core().config().tariff
+    }
+    /// Today, this week and this month of `tenant`, now, in the deployment's days and
+    /// tariff, read from `store` (the caller's own connection, e.g.
+    /// [`crate::store::Store::open_read_only`]; readers never block the writer).
+    pub fn energy_summary(
+        &self,
+        store: &crate::store::Store,
+        tenant: &TenantId,
+    ) -> Result<crate::store::EnergySummary, crate::store::EnergyError> {
+        let (offset, tariff) = {
+            let core = self.core();
+            (core.config().policy.utc_offset_min, core.config().tariff)
+        };
+        store.energy_summary(tenant, self.now(), offset, &tariff)
     }
     /// Runs `f` on the core (for overrides and tests), under the lock.
     pub fn with_core<T>(&self, f: impl FnOnce(&mut ControllerCore, UnixMs) -> T) -> T {
@@ -175,6 +263,15 @@ impl ControllerHandle {
             "Commands that waited for the MQTT queue.",
             m.commands_deferred.load(Ordering::Relaxed).to_string(),
         );
+        let faults = self.fault_counts(None);
+        out.push_str("# HELP lamplighter_faults Faults not cleared, by kind and state.\n# TYPE lamplighter_faults gauge\n");
+        for (kind, c) in &faults.by_kind {
+            for (state, n) in [("open", c.open), ("acknowledged", c.acknowledged)] {
+                out.push_str(&format!(
+                    "lamplighter_faults{{kind=\"{kind}\",state=\"{state}\"}} {n}\n"
+                ));
+            }
+        }
         out.push_str("# HELP lamplighter_rejected_total Uplinks rejected, by reason.\n# TYPE lamplighter_rejected_total counter\n");
         for (kind, n) in &s.rejected_by_reason {
             out.push_str(&format!(
@@ -192,10 +289,13 @@ pub fn start(
     clock: ScaledClock,
     config: ServiceConfig,
 ) -> (ControllerHandle, Vec<JoinHandle<()>>) {
+    let faults = fault_tracker(&core, &store, clock.now());
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
         clock,
         metrics: ServiceMetrics::default(),
+        faults: Mutex::new(faults),
+        store: store.clone(),
     });
     let handle = ControllerHandle { shared };
 
@@ -293,8 +393,9 @@ pub fn start(
                     _ = tick.tick() => ticked = true,
                 }
                 let mut events = Vec::new();
+                let mut observed = Vec::new();
+                let now = handle.now();
                 {
-                    let now = handle.now();
                     let mut core = handle.core();
                     for (topic, payload) in batch.drain(..) {
                         if let Err(r) = core.handle_uplink(now, &topic, &payload) {
@@ -326,8 +427,29 @@ pub fn start(
                         pending.push_back((c.topic, c.frame));
                     }
                     while let Some(e) = core.poll_event() {
+                        if let Event::Reading {
+                            lamp,
+                            received,
+                            report,
+                            ..
+                        } = &e
+                        {
+                            if let Some(o) = observation(&core, *lamp, *received, report) {
+                                observed.push(o);
+                            }
+                        }
                         events.push(e);
                     }
+                }
+                {
+                    let mut tracker = handle.fault_tracker();
+                    for (info, at, report, context) in &observed {
+                        tracker.handle_report(*at, info, report, *context);
+                    }
+                    if ticked {
+                        tracker.handle_tick(now);
+                    }
+                    drain_faults(&mut tracker, &store);
                 }
                 store.write(events);
                 while let Some((topic, frame)) = pending.pop_front() {
@@ -355,6 +477,84 @@ pub fn start(
         })
     };
     (handle, vec![net, decide, acker])
+}
+
+/// The fault tracker for this core, restored from what the store held open.
+fn fault_tracker(core: &ControllerCore, store: &StoreWriter, now: UnixMs) -> FaultTracker {
+    let config = core.config();
+    // The core validated its config, faults included; the fallback is for the impossible.
+    let mut tracker = FaultTracker::new(config.faults.clone(), config.report_interval_s)
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "fault configuration refused; using the defaults");
+            FaultTracker::default()
+        });
+    for l in core.lamps(now, None) {
+        tracker.watch(
+            now,
+            LampInfo {
+                lamp: l.lamp,
+                tenant: l.tenant,
+                dev_eui: l.dev_eui,
+            },
+        );
+    }
+    let at_start = store.faults_at_start();
+    tracker.restore(now, at_start.open.clone(), at_start.next_id);
+    tracker
+}
+
+/// What the fault tracker needs to know about an accepted reading: the lamp, when the
+/// reading arrived, the report, and whether it was day at the lamp when the reading was
+/// taken (the node's clock, unless it is implausible: buffered readings arrive late, and
+/// day-burning must be judged at the time they describe) and whether an override held it.
+fn observation(
+    core: &ControllerCore,
+    lamp: LampId,
+    received: UnixMs,
+    report: &lamplighter_protocol::payload::StatusReport,
+) -> Option<(
+    LampInfo,
+    UnixMs,
+    lamplighter_protocol::payload::StatusReport,
+    ReportContext,
+)> {
+    let node = core.node(lamp)?;
+    let taken = UnixMs::from_secs(report.reading_time_s as u64);
+    let plausible = taken <= received.plus_ms(300_000) && received.since(taken) <= 2 * 86_400_000;
+    let at = if plausible { taken } else { received };
+    let context = ReportContext {
+        daylight: !lamplighter_protocol::sun::is_dark(node.lat, node.lon, at),
+        override_active: core.override_active(lamp, at),
+    };
+    let info = LampInfo {
+        lamp,
+        tenant: node.tenant.clone(),
+        dev_eui: node.dev_eui,
+    };
+    Some((info, received, *report, context))
+}
+
+/// Logs the tracker's events and sends them to the store (call with the tracker locked).
+fn drain_faults(tracker: &mut FaultTracker, store: &StoreWriter) {
+    let mut out = Vec::new();
+    while let Some(e) = tracker.poll_event() {
+        match &e {
+            FaultEvent::Raised(f) => tracing::warn!(
+                id = f.id.0, tenant = %f.tenant, lamp = f.lamp.0, dev_eui = %f.dev_eui,
+                kind = %f.kind, detail = %f.detail, "fault raised"
+            ),
+            FaultEvent::Acknowledged { id, action } => tracing::info!(
+                id = id.0, by = action.by.as_deref().unwrap_or("controller"),
+                at_ms = action.at.0, note = %action.note, "fault acknowledged"
+            ),
+            FaultEvent::Cleared { id, action } => tracing::info!(
+                id = id.0, by = action.by.as_deref().unwrap_or("controller"),
+                at_ms = action.at.0, note = %action.note, "fault cleared"
+            ),
+        }
+        out.push(e);
+    }
+    store.write_faults(out);
 }
 
 struct AckTarget {

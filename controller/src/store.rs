@@ -21,11 +21,24 @@ use rand::{Rng, RngCore};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::core::{Event, ProvisionedNode};
+use crate::faults::FaultEvent;
 
 mod history;
 pub use history::{HistoryPoint, Resolution, Retention};
 mod export;
 pub use export::{backup, ExportWhat};
+mod energy;
+pub use energy::{
+    period_starts, EnergyError, EnergyPeriod, EnergySummary, Savings, Tariff, TariffError,
+    BASELINES,
+};
+mod faults;
+pub use faults::FaultsAtStart;
+#[cfg(test)]
+mod tests_energy;
+#[cfg(test)]
+mod tests_faults;
+
 #[cfg(test)]
 mod tests_history;
 
@@ -51,6 +64,8 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
     #[error("writing CSV: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A lamp to provision: where it is and what it is.
@@ -221,6 +236,27 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY,
         line TEXT NOT NULL
      );",
+    // 3: faults, from raised to cleared, with who acknowledged and who cleared them and why
+    // (an automatic clear has no user). Open faults are those without cleared_at_ms.
+    "CREATE TABLE faults (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        lamp_id INTEGER NOT NULL,
+        dev_eui TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        raised_at_ms INTEGER NOT NULL,
+        detail TEXT NOT NULL,
+        acknowledged_by TEXT,
+        acknowledged_at_ms INTEGER,
+        acknowledged_note TEXT,
+        cleared_at_ms INTEGER,
+        cleared_by TEXT,
+        cleared_note TEXT
+     );
+     CREATE INDEX faults_tenant_raised ON faults(tenant, raised_at_ms);
+     CREATE INDEX faults_open ON faults(cleared_at_ms) WHERE cleared_at_ms IS NULL;
+     CREATE INDEX faults_acknowledged ON faults(acknowledged_at_ms);
+     CREATE INDEX faults_cleared ON faults(cleared_at_ms);",
 ];
 
 impl Store {
@@ -384,6 +420,9 @@ impl Store {
                 .map_err(&sql)?;
         }
         self.conn
+            .execute("DELETE FROM faults WHERE tenant = ?1", [tenant.as_str()])
+            .map_err(&sql)?;
+        self.conn
             .execute("DELETE FROM nodes WHERE tenant = ?1", [tenant.as_str()])
             .map_err(&sql)?;
         Ok(())
@@ -513,7 +552,7 @@ impl Store {
     }
 
     pub fn count(&self, table: &str) -> Result<u64, StoreError> {
-        let allowed = ["nodes", "readings", "commands", "rejections"];
+        let allowed = ["nodes", "readings", "commands", "rejections", "faults"];
         let table = allowed
             .iter()
             .find(|t| **t == table)
@@ -532,13 +571,13 @@ impl Store {
     /// transaction, so rollups and spool count every reading exactly once, whatever crashes.
     /// Returns the readings newly stored, `(lamp, fcnt)`: what may now be acknowledged.
     pub fn write_events(&mut self, events: &[Event]) -> Result<Vec<(LampId, u32)>, StoreError> {
-        self.write_batch(events, &[])
+        self.write_batch(events, &[], &[])
     }
 
     /// Queues line-protocol points for the InfluxDB sink (zone demand and forecasts). Does
     /// nothing unless the spool is on.
     pub fn spool_lines(&mut self, lines: &[String]) -> Result<(), StoreError> {
-        self.write_batch(&[], lines).map(|_| ())
+        self.write_batch(&[], lines, &[]).map(|_| ())
     }
 
     /// Turns the InfluxDB spool on: from now on every new reading, command and zone point is
@@ -570,6 +609,7 @@ impl Store {
         &mut self,
         events: &[Event],
         lines: &[String],
+        faults: &[FaultEvent],
     ) -> Result<Vec<(LampId, u32)>, StoreError> {
         // Zones first, outside the transaction's statements (cached after the first look).
         let mut zones = Vec::with_capacity(events.len());
@@ -738,6 +778,7 @@ impl Store {
                     spool_line.execute([l]).map_err(&sql)?;
                 }
             }
+            faults::write_fault_events(&tx, faults).map_err(&sql)?;
         }
         tx.commit().map_err(&sql)?;
         Ok(stored)
@@ -755,6 +796,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 enum WriteMsg {
     Events(Vec<Event>),
     Lines(Vec<String>),
+    Faults(Vec<FaultEvent>),
 }
 
 /// Readings newly and durably stored, `(lamp, fcnt)`, one message per committed batch.
@@ -771,6 +813,8 @@ pub struct StoreWriter {
     tx: mpsc::Sender<WriteMsg>,
     commits: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<Committed>>>>,
     influx: bool,
+    /// The faults the store held open when the writer started, and the next fault id.
+    faults_at_start: Arc<FaultsAtStart>,
 }
 
 /// The writer thread itself: once every [`StoreWriter`] is dropped it writes what is queued
@@ -812,6 +856,7 @@ impl StoreWriter {
 
     pub fn start(mut store: Store) -> (StoreWriter, StoreThread) {
         let influx = store.influx_spool;
+        let faults_at_start = Arc::new(store.faults_at_start());
         let (tx, rx) = mpsc::channel::<WriteMsg>();
         let commits: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<Committed>>>> =
             Arc::default();
@@ -820,10 +865,11 @@ impl StoreWriter {
             .name("store-writer".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let (mut events, mut lines) = (Vec::new(), Vec::new());
+                    let (mut events, mut lines, mut faults) = (Vec::new(), Vec::new(), Vec::new());
                     let mut take = |m: WriteMsg| match m {
                         WriteMsg::Events(e) => events.extend(e),
                         WriteMsg::Lines(l) => lines.extend(l),
+                        WriteMsg::Faults(f) => faults.extend(f),
                     };
                     take(first);
                     while let Ok(more) = rx.try_recv() {
@@ -831,7 +877,7 @@ impl StoreWriter {
                     }
                     let mut attempt = 0u32;
                     let stored = loop {
-                        match store.write_batch(&events, &lines) {
+                        match store.write_batch(&events, &lines, &faults) {
                             Ok(stored) => break stored,
                             Err(e) => {
                                 attempt += 1;
@@ -864,6 +910,7 @@ impl StoreWriter {
                 tx,
                 commits,
                 influx,
+                faults_at_start,
             },
             StoreThread(thread, None),
         )
@@ -873,6 +920,20 @@ impl StoreWriter {
         if !events.is_empty() && self.tx.send(WriteMsg::Events(events)).is_err() {
             tracing::error!("store writer has stopped; events not written");
         }
+    }
+
+    /// Queues fault events (raised, acknowledged, cleared), written in order with the
+    /// events around them.
+    pub fn write_faults(&self, faults: Vec<FaultEvent>) {
+        if !faults.is_empty() && self.tx.send(WriteMsg::Faults(faults)).is_err() {
+            tracing::error!("store writer has stopped; fault events not written");
+        }
+    }
+
+    /// The faults the store held open when this writer started and the next free fault
+    /// id: what the fault tracker is restored from.
+    pub fn faults_at_start(&self) -> &FaultsAtStart {
+        &self.faults_at_start
     }
 
     /// Queues InfluxDB points (only if the spool is on).

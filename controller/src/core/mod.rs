@@ -81,6 +81,10 @@ pub struct ControllerConfig {
     pub zone_default: ZoneRoad,
     /// Each zone's road: design class and capacity (`[[controller.zones]]`).
     pub zones: Vec<ZoneParams>,
+    /// Fault detection thresholds (`[controller.faults]`).
+    pub faults: crate::faults::FaultConfig,
+    /// What a kWh costs in money and carbon, for the energy figures (`[controller.tariff]`).
+    pub tariff: crate::store::Tariff,
 }
 
 impl Default for ControllerConfig {
@@ -93,6 +97,8 @@ impl Default for ControllerConfig {
             reconcile_after_s: 15,
             zone_default: ZoneRoad::default(),
             zones: Vec::new(),
+            faults: crate::faults::FaultConfig::default(),
+            tariff: crate::store::Tariff::default(),
         }
     }
 }
@@ -108,6 +114,10 @@ pub enum ConfigError {
     DuplicateZone { zone: String },
     #[error("report_interval_s and offline_after_reports must be positive")]
     Reporting,
+    #[error("{0}")]
+    Faults(#[from] crate::faults::FaultConfigError),
+    #[error("{0}")]
+    Tariff(#[from] crate::store::TariffError),
 }
 
 impl ControllerConfig {
@@ -116,6 +126,8 @@ impl ControllerConfig {
         if self.report_interval_s == 0 || self.offline_after_reports == 0 {
             return Err(ConfigError::Reporting);
         }
+        self.faults.validate()?;
+        self.tariff.validate()?;
         let capacity_ok = |c: f64| c.is_finite() && c > 0.0;
         if !capacity_ok(self.zone_default.capacity_per_h) {
             return Err(ConfigError::Capacity {
@@ -459,6 +471,14 @@ impl ControllerCore {
     }
     pub fn node(&self, lamp: LampId) -> Option<&ProvisionedNode> {
         self.by_lamp.get(&lamp).map(|&i| &self.lamps[i].node)
+    }
+    /// Whether an operator override holds the lamp at `now` (a lamp lit by day on purpose
+    /// is not day-burning).
+    pub fn override_active(&self, lamp: LampId, now: UnixMs) -> bool {
+        self.by_lamp
+            .get(&lamp)
+            .and_then(|&i| self.lamps[i].override_)
+            .is_some_and(|o| now < o.until)
     }
 
     /// An MQTT message arrived on `topic`. Accepted or rejected, never a panic.

@@ -16,7 +16,12 @@ pub enum ExportWhat {
     Readings,
     /// Energy per lamp per UTC day, Wh, from the daily rollups (kept for years).
     Energy,
-    /// Commands (level, ramp, reason) and rejected uplinks, by time.
+    /// Half-hourly consumption per lamp for unmetered-supply billing (UTC periods here;
+    /// [`Store::half_hourly_csv`] takes the deployment's offset and a tenant).
+    HalfHourly,
+    /// Commands (level, ramp, reason), rejected uplinks, and faults raised, acknowledged
+    /// and cleared (who, and why, in `user` and `detail`; the fault kind in `reason`), by
+    /// time.
     Audit,
 }
 
@@ -27,13 +32,16 @@ impl std::str::FromStr for ExportWhat {
             "readings" => Ok(ExportWhat::Readings),
             "energy" => Ok(ExportWhat::Energy),
             "audit" => Ok(ExportWhat::Audit),
-            _ => Err(format!("expected readings, energy or audit, got {s:?}")),
+            "half-hourly" => Ok(ExportWhat::HalfHourly),
+            _ => Err(format!(
+                "expected readings, energy or audit, or half-hourly, got {s:?}"
+            )),
         }
     }
 }
 
 /// A CSV field: quoted when it holds a comma, quote or line break.
-fn field(s: &str) -> String {
+pub(super) fn field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -108,6 +116,14 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut n = 0u64;
         match what {
+            ExportWhat::HalfHourly => {
+                return self
+                    .half_hourly_csv(None, from_s, to_s, 0, out)
+                    .map_err(|e| match e {
+                        super::EnergyError::Store(e) => e,
+                        e => StoreError::Invalid(e.to_string()),
+                    });
+            }
             ExportWhat::Readings => {
                 writeln!(out, "reading_time,received_time,tenant,zone,lamp_id,dev_eui,fcnt,level_pct,target_level_pct,power_w,energy_meter_wh,energy_wh,ambient_lux,pedestrians,cyclists,vehicles,faults,mode,trigger")?;
                 let mut stmt = self
@@ -194,18 +210,39 @@ impl Store {
             ExportWhat::Audit => {
                 writeln!(
                     out,
-                    "time,kind,tenant,zone,lamp_id,dev_eui,level_pct,ramp_ms,reason,fcnt_down,detail"
+                    "time,kind,tenant,zone,lamp_id,dev_eui,level_pct,ramp_ms,reason,fcnt_down,detail,user"
                 )?;
                 let mut stmt = self
                     .conn
                     .prepare(
                         "SELECT c.sent_ms AS t, 'command', n.tenant, n.zone, c.lamp_id, n.dev_eui,
-                            c.level_pct, c.ramp_ms, c.reason, c.fcnt_down, ''
+                            c.level_pct, c.ramp_ms, c.reason, c.fcnt_down, '', ''
                          FROM commands c LEFT JOIN nodes n ON n.lamp_id = c.lamp_id
                          WHERE c.sent_ms >= ?1 AND c.sent_ms < ?2
                          UNION ALL
-                         SELECT at_ms, 'rejected', '', NULL, NULL, '', NULL, NULL, kind, NULL, detail
+                         SELECT at_ms, 'rejected', '', NULL, NULL, '', NULL, NULL, kind, NULL, detail,
+                            ''
                          FROM rejections WHERE at_ms >= ?1 AND at_ms < ?2
+                         UNION ALL
+                         SELECT f.raised_at_ms, 'fault-raised', f.tenant, n.zone, f.lamp_id,
+                            f.dev_eui, NULL, NULL, f.kind, NULL,
+                            'fault ' || f.id || ': ' || f.detail, ''
+                         FROM faults f LEFT JOIN nodes n ON n.lamp_id = f.lamp_id
+                         WHERE f.raised_at_ms >= ?1 AND f.raised_at_ms < ?2
+                         UNION ALL
+                         SELECT f.acknowledged_at_ms, 'fault-acknowledged', f.tenant, n.zone,
+                            f.lamp_id, f.dev_eui, NULL, NULL, f.kind, NULL,
+                            'fault ' || f.id || ': ' || coalesce(f.acknowledged_note, ''),
+                            coalesce(f.acknowledged_by, '')
+                         FROM faults f LEFT JOIN nodes n ON n.lamp_id = f.lamp_id
+                         WHERE f.acknowledged_at_ms >= ?1 AND f.acknowledged_at_ms < ?2
+                         UNION ALL
+                         SELECT f.cleared_at_ms, 'fault-cleared', f.tenant, n.zone, f.lamp_id,
+                            f.dev_eui, NULL, NULL, f.kind, NULL,
+                            'fault ' || f.id || ': ' || coalesce(f.cleared_note, ''),
+                            coalesce(f.cleared_by, '')
+                         FROM faults f LEFT JOIN nodes n ON n.lamp_id = f.lamp_id
+                         WHERE f.cleared_at_ms >= ?1 AND f.cleared_at_ms < ?2
                          ORDER BY t",
                     )
                     .map_err(self.sql())?;
@@ -217,7 +254,7 @@ impl Store {
                     let row = (|| -> rusqlite::Result<String> {
                         let t: i64 = r.get(0)?;
                         Ok(format!(
-                            "{}.{:03}Z,{},{},{},{},{},{},{},{},{},{}",
+                            "{}.{:03}Z,{},{},{},{},{},{},{},{},{},{},{}",
                             &iso8601(t.div_euclid(1000))[..19],
                             t.rem_euclid(1000),
                             r.get::<_, String>(1)?,
@@ -230,6 +267,7 @@ impl Store {
                             field(&r.get::<_, String>(8)?),
                             opt(r.get(9)?),
                             field(&r.get::<_, String>(10)?),
+                            field(&r.get::<_, String>(11)?),
                         ))
                     })()
                     .map_err(self.sql())?;

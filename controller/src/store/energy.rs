@@ -1,0 +1,494 @@
+//! Energy, money and carbon: what the lamps used today, this week and this month, what the
+//! council would have used lighting the same lamps the old ways, and the half-hourly
+//! consumption an unmetered-supply (UMS) customer sends for billing.
+//!
+//! # Metered energy
+//!
+//! From the 15-minute rollups (`rollup_15m`, kept 5 years): the sum of the per-reading
+//! energy deltas the controller derives from each node's cumulative meter, so a resent
+//! reading never counts twice. A reading's energy is what the lamp used since its previous
+//! reading, and lands in the 15-minute bucket of the reading's own time (the node's clock).
+//! With the default 5-minute reports at most one report interval's energy sits in the next
+//! bucket; after an outage the first reading carries the whole gap's energy.
+//!
+//! # Periods
+//!
+//! Today, this week (from Monday) and this month, each from its local midnight to `now`,
+//! local meaning the deployment's fixed offset from UTC (`[controller.policy]
+//! utc_offset_min`; no daylight-saving changes). The offset must be a whole number of
+//! 15-minute rollup buckets, which every offset in use today is.
+//!
+//! # Baselines
+//!
+//! For each lamp and each 15-minute bucket in which the lamp reported (the hours the meter
+//! covers), the energy the lamp would have used under the named policy `full` (100 % dusk to
+//! dawn) or `part-night` (100 % to 22:00, 75 % to 00:00, 50 % to 05:30, 100 % to dawn),
+//! minute by minute: the policy's own [`crate::core::policy::decide`] gives the level from
+//! the darkness at the lamp (`sun::is_dark`, taken at the middle of each minute, at the lamp's
+//! position rounded to 0.05 degrees, a few seconds of sunset at most) and the local time, and
+//! the lamp's rated power model (`lamplighter_town::LedPowerModel`: driver losses and the
+//! 0.5 W standby by day included, as the nodes' meters see them) gives the power at that
+//! level. Lamps that did not report in a bucket count in neither metered nor baseline, so
+//! an outage does not show up as a saving. Savings are baseline minus metered (negative if
+//! the lamps used more), in kWh, GBP and t CO2e, and as a percentage of the baseline.
+//!
+//! # Half-hourly export
+//!
+//! [`Store::half_hourly_csv`] writes one row per lamp (the UMS inventory line: a lamp, with
+//! its rated power to map it to a charge code) and local half-hour settlement period:
+//!
+//! `date,period,period_start_utc,tenant,zone,lamp_id,dev_eui,rated_power_w,energy_kwh,readings`
+//!
+//! - `date`: the local day (`YYYY-MM-DD`, the deployment's fixed offset).
+//! - `period`: 1-48, period 1 starting at local midnight.
+//! - `period_start_utc`: when the period starts, ISO 8601 UTC.
+//! - `energy_kwh`: metered energy in the period, kWh, 4 decimals (the meters' 0.1 Wh).
+//! - `readings`: readings that carried it; `0` means no data for the period (the lamp did
+//!   not report), as opposed to a reported zero.
+//!
+//! Every provisioned lamp of the tenant gets every period in `[from, to)`, with or without
+//! data, ordered by lamp then time: the complete grid a meter administrator expects.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+
+use lamplighter_protocol::{sun, TenantId, UnixMs};
+use lamplighter_town::LedPowerModel;
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+
+use super::export::iso8601;
+use super::{Store, StoreError};
+use crate::core::policy::{self, LampSituation, PolicyConfig};
+
+/// Baselines the savings are measured against: named policies.
+pub const BASELINES: [&str; 2] = ["full", "part-night"];
+
+const BUCKET_S: i64 = 900;
+const HALF_HOUR_S: i64 = 1800;
+const DAY_S: i64 = 86_400;
+
+/// What a kWh costs, in money and carbon: `[controller.tariff]`, every key with a default.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tariff {
+    /// Default 0.294 GBP/kWh.
+    pub gbp_per_kwh: f64,
+    /// Default 0.20705 kg CO2e/kWh (UK grid electricity, generation and T&D, 2024).
+    pub co2e_kg_per_kwh: f64,
+}
+
+impl Default for Tariff {
+    fn default() -> Self {
+        Tariff {
+            gbp_per_kwh: 0.294,
+            co2e_kg_per_kwh: 0.20705,
+        }
+    }
+}
+
+impl Tariff {
+    pub fn validate(&self) -> Result<(), TariffError> {
+        for (name, v) in [
+            ("gbp_per_kwh", self.gbp_per_kwh),
+            ("co2e_kg_per_kwh", self.co2e_kg_per_kwh),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(TariffError { name, got: v });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tariff figure that is not a non-negative number.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("tariff {name} must be a non-negative number, got {got}")]
+pub struct TariffError {
+    pub name: &'static str,
+    pub got: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnergyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tariff(#[from] TariffError),
+    #[error("utc_offset_min {0} is not a whole number of 15-minute buckets within +/-14 h")]
+    Offset(i32),
+    #[error("the range must start before it ends: {from_s} >= {to_s}")]
+    Range { from_s: i64, to_s: i64 },
+}
+
+/// Savings against one baseline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Savings {
+    pub baseline_kwh: f64,
+    pub baseline_gbp: f64,
+    pub baseline_co2e_t: f64,
+    /// Baseline minus metered (negative: more than the baseline).
+    pub saved_kwh: f64,
+    pub saved_gbp: f64,
+    pub saved_co2e_t: f64,
+    /// Of the baseline; `None` when the baseline is zero (nothing reported).
+    pub saved_pct: Option<f64>,
+}
+
+/// One period's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnergyPeriod {
+    /// `[from_s, to_s)`, Unix seconds; `from_s` is a local midnight, `to_s` is `now`.
+    pub from_s: i64,
+    pub to_s: i64,
+    pub metered_kwh: f64,
+    pub gbp: f64,
+    pub co2e_t: f64,
+    /// Lamp-hours the meters cover (15-minute buckets with a reading, per lamp).
+    pub reported_lamp_hours: f64,
+    /// By baseline name ([`BASELINES`]).
+    pub savings: BTreeMap<&'static str, Savings>,
+}
+
+/// Today, this week and this month for one tenant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnergySummary {
+    pub tenant: TenantId,
+    pub now_ms: u64,
+    pub utc_offset_min: i32,
+    pub tariff: Tariff,
+    pub today: EnergyPeriod,
+    pub week: EnergyPeriod,
+    pub month: EnergyPeriod,
+}
+
+fn check_offset(utc_offset_min: i32) -> Result<i64, EnergyError> {
+    if utc_offset_min % 15 != 0 || utc_offset_min.abs() > 14 * 60 {
+        return Err(EnergyError::Offset(utc_offset_min));
+    }
+    Ok(utc_offset_min as i64 * 60)
+}
+
+/// Howard Hinnant's civil_from_days: (year, month, day) of a day count from 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + (m <= 2) as i64, m, d)
+}
+
+/// Howard Hinnant's days_from_civil.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The starts (Unix seconds) of the local day, week (Monday) and month holding `now_s`.
+pub fn period_starts(now_s: i64, utc_offset_min: i32) -> Result<(i64, i64, i64), EnergyError> {
+    let off = check_offset(utc_offset_min)?;
+    let day = (now_s + off).div_euclid(DAY_S);
+    // 1970-01-01 was a Thursday: Monday is 0 for day counts 4, 11, ...
+    let weekday = (day + 3).rem_euclid(7);
+    let (y, m, _) = civil_from_days(day);
+    let start = |d: i64| d * DAY_S - off;
+    Ok((
+        start(day),
+        start(day - weekday),
+        start(days_from_civil(y, m, 1)),
+    ))
+}
+
+/// The levels one baseline gives over a bucket: (level, minutes), usually one entry.
+type Levels = Vec<(u8, u8)>;
+
+/// Baseline levels per (bucket, place), computed once per query.
+struct BaselineLevels {
+    policies: Vec<(&'static str, PolicyConfig)>,
+    cache: HashMap<(i64, i64, i64, i64), Vec<Levels>>,
+}
+
+impl BaselineLevels {
+    fn new(utc_offset_min: i32) -> Self {
+        let policies = BASELINES
+            .iter()
+            .filter_map(|&name| {
+                PolicyConfig::named(name).map(|p| {
+                    (
+                        name,
+                        PolicyConfig {
+                            utc_offset_min,
+                            ..p
+                        },
+                    )
+                })
+            })
+            .collect();
+        BaselineLevels {
+            policies,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Each baseline's levels over the first `minutes` (at most 15) minutes from
+    /// `bucket_s` at cell (`lat_q`, `lon_q`) (degrees times 20).
+    fn levels(&mut self, bucket_s: i64, minutes: i64, lat_q: i64, lon_q: i64) -> &[Levels] {
+        let policies = &self.policies;
+        self.cache
+            .entry((bucket_s, minutes, lat_q, lon_q))
+            .or_insert_with(|| {
+                let (lat, lon) = (lat_q as f64 / 20.0, lon_q as f64 / 20.0);
+                let mut out: Vec<Levels> = vec![Vec::new(); policies.len()];
+                for minute in 0..minutes.clamp(0, BUCKET_S / 60) {
+                    let now = UnixMs(((bucket_s + minute * 60 + 30).max(0) * 1000) as u64);
+                    let situation = LampSituation {
+                        now,
+                        dark: sun::is_dark(lat, lon, now),
+                        bubble_until: None,
+                        override_: None,
+                        class: None,
+                    };
+                    for (levels, (_, p)) in out.iter_mut().zip(policies) {
+                        let level = policy::decide(p, &situation).level_pct;
+                        match levels.iter_mut().find(|(l, _)| *l == level) {
+                            Some((_, n)) => *n += 1,
+                            None => levels.push((level, 1)),
+                        }
+                    }
+                }
+                out
+            })
+    }
+}
+
+/// Wh one lamp of `rated_power_w` draws over `levels` (minutes at each level).
+fn baseline_wh(model: &LedPowerModel, levels: &Levels) -> f64 {
+    levels
+        .iter()
+        .map(|&(level, minutes)| model.energy_wh(level as f32, minutes as f64 * 60.0))
+        .sum()
+}
+
+fn savings(baseline_wh: f64, metered_wh: f64, tariff: &Tariff) -> Savings {
+    let baseline_kwh = baseline_wh / 1000.0;
+    let saved_kwh = (baseline_wh - metered_wh) / 1000.0;
+    Savings {
+        baseline_kwh,
+        baseline_gbp: baseline_kwh * tariff.gbp_per_kwh,
+        baseline_co2e_t: baseline_kwh * tariff.co2e_kg_per_kwh / 1000.0,
+        saved_kwh,
+        saved_gbp: saved_kwh * tariff.gbp_per_kwh,
+        saved_co2e_t: saved_kwh * tariff.co2e_kg_per_kwh / 1000.0,
+        saved_pct: (baseline_wh > 0.0).then(|| 100.0 * (baseline_wh - metered_wh) / baseline_wh),
+    }
+}
+
+#[derive(Default)]
+struct Sums {
+    metered_dwh: i64,
+    buckets: i64,
+    baseline_wh: Vec<f64>,
+}
+
+impl Sums {
+    fn period(&self, from_s: i64, to_s: i64, tariff: &Tariff) -> EnergyPeriod {
+        let metered_wh = self.metered_dwh as f64 / 10.0;
+        let metered_kwh = metered_wh / 1000.0;
+        EnergyPeriod {
+            from_s,
+            to_s,
+            metered_kwh,
+            gbp: metered_kwh * tariff.gbp_per_kwh,
+            co2e_t: metered_kwh * tariff.co2e_kg_per_kwh / 1000.0,
+            reported_lamp_hours: self.buckets as f64 * BUCKET_S as f64 / 3600.0,
+            savings: BASELINES
+                .iter()
+                .enumerate()
+                .map(|(i, &name)| {
+                    let b = self.baseline_wh.get(i).copied().unwrap_or(0.0);
+                    (name, savings(b, metered_wh, tariff))
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Store {
+    /// Today, this week (from Monday) and this month of `tenant` up to `now`, with days in
+    /// the deployment's `utc_offset_min`: metered kWh, GBP, t CO2e, and savings against the
+    /// `full` and `part-night` baselines (the module documentation gives the method).
+    pub fn energy_summary(
+        &self,
+        tenant: &TenantId,
+        now: UnixMs,
+        utc_offset_min: i32,
+        tariff: &Tariff,
+    ) -> Result<EnergySummary, EnergyError> {
+        tariff.validate()?;
+        let now_s = (now.0 / 1000) as i64;
+        let (day_s, week_s, month_s) = period_starts(now_s, utc_offset_min)?;
+        let from_s = week_s.min(month_s);
+        let mut periods: [(i64, Sums); 3] = [
+            (day_s, Sums::default()),
+            (week_s, Sums::default()),
+            (month_s, Sums::default()),
+        ];
+        for (_, s) in &mut periods {
+            s.baseline_wh = vec![0.0; BASELINES.len()];
+        }
+        // Lamps in one place with one rated power share their baseline: SQLite groups
+        // them, so the work here grows with buckets and places, not lamps.
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT r.bucket_s, n.rated_power_w, CAST(round(n.lat * 20) AS INTEGER),
+                    CAST(round(n.lon * 20) AS INTEGER), COUNT(*), SUM(r.energy_dwh)
+                 FROM rollup_15m r JOIN nodes n ON n.lamp_id = r.lamp_id
+                 WHERE r.tenant = ?1 AND r.bucket_s >= ?2 AND r.bucket_s <= ?3
+                 GROUP BY r.bucket_s, n.rated_power_w, 3, 4",
+            )
+            .map_err(self.sql())?;
+        let mut rows = stmt
+            .query(params![tenant.as_str(), from_s, now_s])
+            .map_err(self.sql())?;
+        let mut levels = BaselineLevels::new(utc_offset_min);
+        let mut models: HashMap<u32, LedPowerModel> = HashMap::new();
+        while let Some(r) = rows.next().map_err(self.sql())? {
+            let get = || -> rusqlite::Result<(i64, f64, i64, i64, i64, i64)> {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            };
+            let (bucket_s, rated_w, lat_q, lon_q, lamps, dwh) = get().map_err(self.sql())?;
+            let rated_w = rated_w as f32;
+            let model = *models
+                .entry(rated_w.to_bits())
+                .or_insert_with(|| LedPowerModel::for_rated(rated_w));
+            // The bucket now is in counts up to now only, as its meter readings do.
+            let minutes = ((now_s - bucket_s) / 60).min(BUCKET_S / 60);
+            let wh: Vec<f64> = levels
+                .levels(bucket_s, minutes, lat_q, lon_q)
+                .iter()
+                .map(|l| baseline_wh(&model, l) * lamps as f64)
+                .collect();
+            for (start, sums) in &mut periods {
+                if bucket_s >= *start {
+                    sums.metered_dwh += dwh;
+                    sums.buckets += lamps;
+                    for (acc, w) in sums.baseline_wh.iter_mut().zip(&wh) {
+                        *acc += w;
+                    }
+                }
+            }
+        }
+        let [today, week, month] = periods.map(|(start, s)| s.period(start, now_s, tariff));
+        Ok(EnergySummary {
+            tenant: tenant.clone(),
+            now_ms: now.0,
+            utc_offset_min,
+            tariff: *tariff,
+            today,
+            week,
+            month,
+        })
+    }
+
+    /// Half-hourly consumption per lamp over `[from_s, to_s)` (Unix seconds, rounded out to
+    /// whole local half-hours) as CSV for unmetered-supply billing; every lamp of `tenant`
+    /// (or of every tenant) gets every period (see the module documentation for the
+    /// columns). Returns the rows written.
+    pub fn half_hourly_csv(
+        &self,
+        tenant: Option<&TenantId>,
+        from_s: i64,
+        to_s: i64,
+        utc_offset_min: i32,
+        mut out: impl Write,
+    ) -> Result<u64, EnergyError> {
+        let off = check_offset(utc_offset_min)?;
+        if from_s >= to_s {
+            return Err(EnergyError::Range { from_s, to_s });
+        }
+        // Local half-hours: [first, last) in half-hour numbers since the local epoch.
+        let first = (from_s + off).div_euclid(HALF_HOUR_S);
+        let last = (to_s + off + HALF_HOUR_S - 1).div_euclid(HALF_HOUR_S);
+        writeln!(
+            out,
+            "date,period,period_start_utc,tenant,zone,lamp_id,dev_eui,rated_power_w,energy_kwh,readings"
+        )
+        .map_err(StoreError::from)?;
+        let lamps: Vec<(i64, String, i64, String, f64)> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT lamp_id, tenant, zone, dev_eui, rated_power_w FROM nodes
+                     WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, lamp_id",
+                )
+                .map_err(self.sql())?;
+            let rows = stmt
+                .query_map(params![tenant.map(|t| t.as_str())], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .map_err(self.sql())?;
+            rows.collect::<Result<_, _>>().map_err(self.sql())?
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT (bucket_s + ?4) / 1800, SUM(energy_dwh), SUM(readings) FROM rollup_15m
+                 WHERE lamp_id = ?1 AND bucket_s >= ?2 AND bucket_s < ?3
+                 GROUP BY 1 ORDER BY 1",
+            )
+            .map_err(self.sql())?;
+        let mut n = 0u64;
+        for (lamp, tenant, zone, dev_eui, rated_w) in &lamps {
+            let mut data: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+            let mut rows = stmt
+                .query(params![
+                    lamp,
+                    first * HALF_HOUR_S - off,
+                    last * HALF_HOUR_S - off,
+                    off
+                ])
+                .map_err(self.sql())?;
+            while let Some(r) = rows.next().map_err(self.sql())? {
+                let row = (|| -> rusqlite::Result<(i64, i64, i64)> {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })()
+                .map_err(self.sql())?;
+                data.insert(row.0, (row.1, row.2));
+            }
+            let tenant = super::export::field(tenant);
+            for hh in first..last {
+                let local_s = hh * HALF_HOUR_S;
+                let (y, m, d) = civil_from_days(local_s.div_euclid(DAY_S));
+                let period = local_s.rem_euclid(DAY_S) / HALF_HOUR_S + 1;
+                let (dwh, readings) = data.get(&hh).copied().unwrap_or((0, 0));
+                writeln!(
+                    out,
+                    "{y:04}-{m:02}-{d:02},{period},{},{tenant},{zone},{lamp},{dev_eui},{rated_w},{:.4},{readings}",
+                    iso8601(local_s - off),
+                    dwh as f64 / 10_000.0,
+                )
+                .map_err(StoreError::from)?;
+                n += 1;
+            }
+        }
+        out.flush().map_err(StoreError::from)?;
+        Ok(n)
+    }
+}
