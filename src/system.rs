@@ -10,8 +10,9 @@ use anyhow::{Context, Result};
 use lamplighter_controller::core::{
     ControllerConfig, ControllerCore, LampView, Summary, ZoneSettings, ZoneSettingsError, ZoneView,
 };
+use lamplighter_controller::faults::{Fault, FaultCounts, FaultError, FaultId};
 use lamplighter_controller::service::{self, ControllerHandle, ServiceConfig};
-use lamplighter_controller::store::{HistoryPoint, Resolution};
+use lamplighter_controller::store::{EnergySummary, HistoryPoint, Resolution};
 use lamplighter_controller::store::{Store, StoreThread, StoreWriter, StoredNode};
 use lamplighter_dashboards::{
     Accounts, CommandRecord, DashboardOptions, LampHistory, LiveSource, OverrideTarget, Road,
@@ -292,6 +293,66 @@ impl LiveSource for Dashboard {
                 }
                 ZoneSettingsError::Policy(p) => SourceError::Invalid(p.to_string()),
             })
+    }
+    fn faults(&self, tenant: Option<&TenantId>) -> Result<(FaultCounts, Vec<Fault>), SourceError> {
+        Ok((
+            self.controller.fault_counts(tenant),
+            self.controller.faults(tenant),
+        ))
+    }
+    fn fault_action(
+        &self,
+        tenant: Option<&TenantId>,
+        id: FaultId,
+        clear: bool,
+        user: &str,
+        note: &str,
+    ) -> Result<Fault, SourceError> {
+        let now = self.controller.now();
+        let result = if clear {
+            self.controller.clear_fault(tenant, id, user, note, now)
+        } else {
+            self.controller
+                .acknowledge_fault(tenant, id, user, note, now)
+        };
+        result.map_err(|e| match e {
+            FaultError::NotOpen(_) => SourceError::NotFound(format!("open fault {id}")),
+            e => SourceError::Invalid(e.to_string()),
+        })
+    }
+    fn energy(&self, tenant: Option<&TenantId>) -> Result<Vec<EnergySummary>, SourceError> {
+        let tenants: std::collections::BTreeSet<TenantId> = match tenant {
+            Some(t) => [t.clone()].into(),
+            None => self
+                .controller
+                .zones(None)
+                .into_iter()
+                .map(|z| z.tenant)
+                .collect(),
+        };
+        let store = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .iter()
+            .map(|t| {
+                self.controller
+                    .energy_summary(&store, t)
+                    .map_err(|e| SourceError::Internal(e.to_string()))
+            })
+            .collect()
+    }
+    fn half_hourly_csv(
+        &self,
+        tenant: Option<&TenantId>,
+        from_s: i64,
+        to_s: i64,
+    ) -> Result<String, SourceError> {
+        let offset = self.controller.utc_offset_min();
+        let store = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        store
+            .half_hourly_csv(tenant, from_s, to_s, offset, &mut out)
+            .map_err(|e| SourceError::Invalid(e.to_string()))?;
+        String::from_utf8(out).map_err(|e| SourceError::Internal(e.to_string()))
     }
     fn roads(&self, tenant: Option<&TenantId>) -> Vec<Road> {
         self.roads

@@ -801,6 +801,78 @@ fn dashboard_in_chromium_login_map_lamp_override_expiry_roles_and_tenants() {
     assert_eq!(demo.len(), DEMO_LAMPS);
     assert!(demo.iter().all(|l| l["tenant"] == "demo"));
     b.screenshot("tenant");
+
+    // ---- faults: eastside's silent lamps raise comms loss; eve acknowledges one ------------
+    b.wait_for(
+        "eastside's comms-loss faults on the front page",
+        Duration::from_secs(60),
+        |b| {
+            b.text("#s-faults-open").parse::<u64>().unwrap_or(0) == OTHER_LAMPS as u64
+                && b.text("#faults-body").contains("comms-loss")
+        },
+    );
+    b.js(
+        "document.getElementById('faults-heading').scrollIntoView();",
+        json!([]),
+    );
+    b.screenshot("faults");
+    b.click("#faults-body button[aria-label^='Acknowledge']");
+    b.cmd(
+        "POST",
+        "/alert/text",
+        json!({ "text": "crew sent to check the feeder" }),
+    );
+    b.cmd("POST", "/alert/accept", json!({}));
+    b.wait_for("the fault acknowledged", Duration::from_secs(15), |b| {
+        b.text("#faults-body").contains("acknowledged by eve")
+            && b.text("#audit-body")
+                .contains("crew sent to check the feeder")
+    });
+    let auth = format!("Authorization: Bearer {east_token}");
+    let (_, body) = http(addr, "GET", "/api/v1/faults", &[&auth], None);
+    let faults: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(faults["counts"]["acknowledged"], 1, "{faults}");
+    assert_eq!(faults["counts"]["open"], OTHER_LAMPS - 1);
+    // The demo tenant sees none of eastside's faults.
+    let auth = format!("Authorization: Bearer {viewer_token}");
+    let (_, body) = http(addr, "GET", "/api/v1/faults", &[&auth], None);
+    let demo_faults: Value = serde_json::from_str(&body).unwrap();
+    assert!(demo_faults["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["tenant"] == "demo"));
+
+    // ---- energy: today, week, month with savings; the half-hourly CSV ----------------------
+    let (status, body) = http(addr, "GET", "/api/v1/energy", &[&auth], None);
+    assert_eq!(status, 200, "{body}");
+    let energy: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        energy.as_array().unwrap().len(),
+        1,
+        "the demo tenant's only: {energy}"
+    );
+    let today = &energy[0]["today"];
+    assert!(today["metered_kwh"].as_f64().unwrap() > 0.0, "{today}");
+    assert!(today["savings"]["full"]["baseline_kwh"].as_f64().unwrap() > 0.0);
+    let csv_path = format!(
+        "/api/v1/energy/half-hourly.csv?from_s={}&to_s={}",
+        today["from_s"], today["to_s"]
+    );
+    let (status, csv) = http(addr, "GET", &csv_path, &[&auth], None);
+    assert_eq!(status, 200, "{csv}");
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("date,period,"));
+    let rows: Vec<&str> = lines.collect();
+    assert!(
+        rows.len() >= DEMO_LAMPS,
+        "every demo lamp has a period: {}",
+        rows.len()
+    );
+    assert!(rows.iter().all(|r| r.split(',').nth(3) == Some("demo")));
+    b.wait_for("energy on eve's page", Duration::from_secs(15), |b| {
+        b.text("#energy-body").contains("this month")
+    });
     eprintln!(
         "browser test took {:.1} s",
         test_started.elapsed().as_secs_f64()

@@ -960,6 +960,120 @@
     refreshLamps();
   }
 
+  // ---- faults and energy ------------------------------------------------------------------
+
+  async function refreshFaults() {
+    try {
+      const res = await api("api/v1/faults");
+      if (!res.ok) return;
+      const body = await res.json();
+      const c = body.counts || {};
+      setText("s-faults-open", fmt(intFmt, c.open));
+      setText("s-faults-ack", typeof c.acknowledged === "number" ? intFmt.format(c.acknowledged) + " acknowledged" : "");
+      const kinds = Object.entries(c.by_kind || {})
+        .filter(([, k]) => k.open + k.acknowledged > 0)
+        .map(([kind, k]) => kind + " " + intFmt.format(k.open + k.acknowledged))
+        .join(" · ");
+      setText("faults-summary", kinds ? "By kind: " + kinds : "No faults.");
+      const rows = (body.faults || []).slice(0, 200).map((f) => {
+        const tr = document.createElement("tr");
+        const lampCell = document.createElement("td");
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "link";
+        b.textContent = String(f.lamp);
+        b.addEventListener("click", () => selectLamp(f.lamp, true));
+        lampCell.append(b);
+        const state = f.acknowledged ? "acknowledged by " + (f.acknowledged.by || "?") : "open";
+        tr.append(cell(timeText(f.raised_at)), lampCell, cell(f.kind), cell(f.detail), cell(state));
+        const td = document.createElement("td");
+        if (canOperate()) {
+          for (const [label, action] of [["Acknowledge", "acknowledge"], ["Clear", "clear"]]) {
+            if (action === "acknowledge" && f.acknowledged) continue;
+            const btn = document.createElement("button");
+            btn.type = "button";
+            btn.textContent = label;
+            btn.setAttribute("aria-label", label + " fault " + f.id + " (" + f.kind + ", lamp " + f.lamp + ")");
+            btn.addEventListener("click", () => faultAction(f, action));
+            td.append(btn);
+          }
+        }
+        tr.append(td);
+        return tr;
+      });
+      if (rows.length === 0) {
+        const tr = document.createElement("tr");
+        const td = cell("None.", "note");
+        td.colSpan = 6;
+        tr.append(td);
+        rows.push(tr);
+      }
+      $("faults-body").replaceChildren(...rows);
+    } catch (err) {
+      /* shown on the next refresh */
+    }
+  }
+
+  async function faultAction(f, action) {
+    const note = window.prompt(action === "clear" ? "Why clear this fault?" : "Note (who goes, or why)", "");
+    if (!note) return;
+    const res = await api("api/v1/faults/" + f.id + "/" + action, { method: "POST", body: JSON.stringify({ note: note }) });
+    setText("faults-message", res.ok ? "Done." : "Refused: " + (await errorText(res)));
+    refreshFaults();
+    refreshAudit();
+  }
+
+  function savedText(s) {
+    if (!s || typeof s.saved_kwh !== "number") return "–";
+    return dec1.format(s.saved_kwh) + " kWh" + (typeof s.saved_pct === "number" ? " (" + dec1.format(s.saved_pct) + " %)" : "");
+  }
+
+  async function refreshEnergy() {
+    try {
+      const res = await api("api/v1/energy");
+      if (!res.ok) return;
+      const list = await res.json();
+      let todayKwh = 0, todaySaved = 0;
+      const rows = [];
+      for (const e of list) {
+        for (const [label, p] of [["today", e.today], ["this week", e.week], ["this month", e.month]]) {
+          const tr = document.createElement("tr");
+          const th = document.createElement("th");
+          th.scope = "row";
+          th.textContent = (list.length > 1 ? e.tenant + " · " : "") + label;
+          tr.append(th, cell(fmt(dec1, p.metered_kwh), "num"), cell(fmt(dec2, p.gbp), "num"),
+            cell(p.co2e_t.toFixed(4), "num"), cell(savedText(p.savings.full), "num"),
+            cell(savedText(p.savings["part-night"]), "num"));
+          rows.push(tr);
+        }
+        todayKwh += e.today.metered_kwh;
+        if (e.today.savings.full) todaySaved += e.today.savings.full.saved_kwh;
+      }
+      $("energy-body").replaceChildren(...rows);
+      setText("s-today-kwh", fmt(dec1, todayKwh));
+      setText("s-today-saved", list.length ? dec1.format(todaySaved) + " kWh saved vs full" : "");
+    } catch (err) {
+      /* shown on the next refresh */
+    }
+  }
+
+  function downloadHalfHourly(ev) {
+    ev.preventDefault();
+    const from = Date.parse($("hh-from").value + "T00:00:00Z");
+    const to = Date.parse($("hh-to").value + "T00:00:00Z") + 86400000;
+    if (!isFinite(from) || !isFinite(to) || to <= from) {
+      setText("hh-message", "Choose a first and a last day.");
+      return;
+    }
+    setText("hh-message", "");
+    const a = document.createElement("a");
+    a.href = "api/v1/energy/half-hourly.csv?from_s=" + from / 1000 + "&to_s=" + to / 1000;
+    a.download = "lamplighter-half-hourly.csv";
+    document.body.append(a);
+    a.click();
+    a.remove();
+  }
+
   // ---- audit ------------------------------------------------------------------------------
 
   async function refreshAudit() {
@@ -1037,12 +1151,19 @@
     refreshRoads();
     refreshOverrides();
     refreshAudit();
+    refreshFaults();
+    refreshEnergy();
+    const today = new Date(nowMs).toISOString().slice(0, 10);
+    if (!$("hh-from").value) $("hh-from").value = today;
+    if (!$("hh-to").value) $("hh-to").value = today;
     timers.push(setInterval(refreshLamps, LAMPS_REFRESH_MS));
     timers.push(setInterval(() => {
       refreshOverrides();
       refreshAudit();
       refreshLampHistory();
       refreshZoneChart();
+      refreshFaults();
+      refreshEnergy();
     }, SIDE_REFRESH_MS));
     timers.push(setInterval(() => {
       if (source && source.readyState === EventSource.OPEN && lastSummaryAt > 0 &&
@@ -1073,6 +1194,7 @@
     $("logout").addEventListener("click", logout);
     $("override-form").addEventListener("submit", submitOverride);
     $("zs-form").addEventListener("submit", saveZoneSettings);
+    $("hh-form").addEventListener("submit", downloadHalfHourly);
     $("zs-form").hidden = true;
     $("ov-scope").addEventListener("change", syncOverrideForm);
     syncOverrideForm();

@@ -72,7 +72,11 @@ use tokio_stream::wrappers::IntervalStream;
 
 pub use accounts::{Accounts, AccountsError, Principal, Role};
 pub use lamplighter_controller::core::{LampView, Summary, ZoneSettings, ZoneView};
-pub use lamplighter_controller::store::HistoryPoint;
+pub use lamplighter_controller::faults::{Fault, FaultCounts, FaultId};
+pub use lamplighter_controller::store::{EnergySummary, HistoryPoint};
+
+/// The longest span of one half-hourly export: 31 days.
+pub const MAX_HALF_HOURLY_S: i64 = 31 * 86_400;
 
 /// How often the event stream sends the summary and the zones.
 pub const STREAM_INTERVAL: Duration = Duration::from_secs(1);
@@ -245,6 +249,34 @@ pub trait LiveSource: Send + Sync + 'static {
     ) -> Result<usize, SourceError> {
         Err(SourceError::Unsupported("zone settings"))
     }
+    /// Faults not yet cleared, newest first, and their counts.
+    fn faults(&self, _tenant: Option<&TenantId>) -> Result<(FaultCounts, Vec<Fault>), SourceError> {
+        Err(SourceError::Unsupported("faults"))
+    }
+    /// Acknowledges (`clear` false) or clears a fault `tenant` may see, as `user`.
+    fn fault_action(
+        &self,
+        _tenant: Option<&TenantId>,
+        _id: FaultId,
+        _clear: bool,
+        _user: &str,
+        _note: &str,
+    ) -> Result<Fault, SourceError> {
+        Err(SourceError::Unsupported("faults"))
+    }
+    /// Today, this week and this month, per tenant `tenant` may see.
+    fn energy(&self, _tenant: Option<&TenantId>) -> Result<Vec<EnergySummary>, SourceError> {
+        Err(SourceError::Unsupported("energy"))
+    }
+    /// Half-hourly consumption per lamp over `[from_s, to_s)` as CSV.
+    fn half_hourly_csv(
+        &self,
+        _tenant: Option<&TenantId>,
+        _from_s: i64,
+        _to_s: i64,
+    ) -> Result<String, SourceError> {
+        Err(SourceError::Unsupported("energy"))
+    }
     /// The roads to draw under the lamps of `tenant`.
     fn roads(&self, _tenant: Option<&TenantId>) -> Vec<Road> {
         Vec::new()
@@ -339,6 +371,11 @@ fn build_router(state: AppState) -> Router {
             get(zone_settings).put(set_zone_settings),
         )
         .route("/api/v1/roads", get(roads))
+        .route("/api/v1/faults", get(faults))
+        .route("/api/v1/faults/{id}/acknowledge", post(acknowledge_fault))
+        .route("/api/v1/faults/{id}/clear", post(clear_fault))
+        .route("/api/v1/energy", get(energy))
+        .route("/api/v1/energy/half-hourly.csv", get(half_hourly))
         .route("/api/v1/overrides", get(list_overrides).post(set_override))
         .route("/api/v1/overrides/clear", post(clear_override))
         .route("/api/v1/audit", get(audit))
@@ -821,6 +858,154 @@ async fn zone_history(
     .unwrap_or_else(|e| Err(SourceError::Internal(e.to_string())));
     match result {
         Ok(h) => live_json(h),
+        Err(e) => source_error(e, &uri),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults and energy
+
+async fn faults(State(state): State<AppState>, auth: Auth, uri: Uri) -> Response {
+    match state.source.faults(auth.tenant()) {
+        Ok((counts, faults)) => {
+            live_json(serde_json::json!({ "counts": counts, "faults": faults }))
+        }
+        Err(e) => source_error(e, &uri),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultNote {
+    note: String,
+}
+
+async fn fault_action(
+    state: AppState,
+    auth: Auth,
+    uri: Uri,
+    id: String,
+    headers: HeaderMap,
+    body: Bytes,
+    clear: bool,
+) -> Response {
+    if let Err(r) = auth.require(Role::Operator, &uri) {
+        return r;
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return json_error(StatusCode::BAD_REQUEST, "a fault id is a number", &uri);
+    };
+    let req: FaultNote = match json_body(&headers, &body, &uri) {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    let note = match valid_reason(&req.note, &uri) {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    let fault =
+        match state
+            .source
+            .fault_action(auth.tenant(), FaultId(id), clear, &auth.0.username, &note)
+        {
+            Ok(f) => f,
+            Err(e) => return source_error(e, &uri),
+        };
+    let action = if clear {
+        "fault-clear"
+    } else {
+        "fault-acknowledge"
+    };
+    let detail = serde_json::json!({ "kind": fault.kind, "lamp": fault.lamp });
+    let target = format!("fault {} (lamp {})", fault.id, fault.lamp.0);
+    if let Err(e) = write_audit(
+        &state,
+        &auth,
+        Some(&fault.tenant),
+        action,
+        &target,
+        &detail,
+        &note,
+    ) {
+        return audit_failed(e, &uri);
+    }
+    live_json(fault)
+}
+
+async fn acknowledge_fault(
+    State(state): State<AppState>,
+    auth: Auth,
+    uri: Uri,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    fault_action(state, auth, uri, id, headers, body, false).await
+}
+
+async fn clear_fault(
+    State(state): State<AppState>,
+    auth: Auth,
+    uri: Uri,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    fault_action(state, auth, uri, id, headers, body, true).await
+}
+
+async fn energy(State(state): State<AppState>, auth: Auth, uri: Uri) -> Response {
+    let source = state.source.clone();
+    let tenant = auth.0.tenant.clone();
+    let result = tokio::task::spawn_blocking(move || source.energy(tenant.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(SourceError::Internal(e.to_string())));
+    match result {
+        Ok(e) => live_json(e),
+        Err(e) => source_error(e, &uri),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CsvSpan {
+    from_s: i64,
+    to_s: i64,
+}
+
+async fn half_hourly(
+    State(state): State<AppState>,
+    auth: Auth,
+    uri: Uri,
+    Query(span): Query<CsvSpan>,
+) -> Response {
+    if span.from_s >= span.to_s || span.to_s - span.from_s > MAX_HALF_HOURLY_S {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "from_s must be before to_s, at most 31 days apart",
+            &uri,
+        );
+    }
+    let source = state.source.clone();
+    let tenant = auth.0.tenant.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        source.half_hourly_csv(tenant.as_ref(), span.from_s, span.to_s)
+    })
+    .await
+    .unwrap_or_else(|e| Err(SourceError::Internal(e.to_string())));
+    match result {
+        Ok(csv) => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"lamplighter-half-hourly.csv\"",
+                ),
+            ],
+            csv,
+        )
+            .into_response(),
         Err(e) => source_error(e, &uri),
     }
 }
