@@ -599,6 +599,36 @@ fn dashboard_in_chromium_login_map_lamp_override_expiry_roles_and_tenants() {
         b.text("#zones-body").contains("demo")
     });
     b.screenshot("map");
+    // Reads on a laptop and a tablet: nothing wider than the window.
+    for (width, height) in [(1280, 1000), (768, 1024)] {
+        b.cmd(
+            "POST",
+            "/window/rect",
+            json!({ "width": width, "height": height }),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let overflow = b.js(
+            "const w = document.documentElement.clientWidth;
+             if (document.documentElement.scrollWidth <= w) return null;
+             const wide = [...document.querySelectorAll('body *')]
+               .filter(e => e.getBoundingClientRect().right > w + 1)
+               .map(e => e.tagName + '#' + e.id + '.' + e.className);
+             return wide.slice(0, 8);",
+            json!([]),
+        );
+        assert!(
+            overflow.is_null(),
+            "at {width} px the page overflows: {overflow}"
+        );
+        if width == 768 {
+            b.screenshot("tablet");
+        }
+    }
+    b.cmd(
+        "POST",
+        "/window/rect",
+        json!({ "width": 1280, "height": 1000 }),
+    );
 
     // ---- a zone's class, demand and forecast, and its last 24 hours ------------------------
     b.click("#zones-body th button");

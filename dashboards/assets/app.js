@@ -151,6 +151,10 @@
     setText("s-rejected-why", reasons);
     if (typeof s.now_ms === "number") {
       nowMs = s.now_ms;
+      // The export's days default to the controller's today (a demo may run in the past).
+      const today = new Date(s.now_ms).toISOString().slice(0, 10);
+      if (!$("hh-from").value) $("hh-from").value = today;
+      if (!$("hh-to").value) $("hh-to").value = today;
       setText("clock", new Date(s.now_ms).toLocaleString());
     }
   }
@@ -1153,9 +1157,6 @@
     refreshAudit();
     refreshFaults();
     refreshEnergy();
-    const today = new Date(nowMs).toISOString().slice(0, 10);
-    if (!$("hh-from").value) $("hh-from").value = today;
-    if (!$("hh-to").value) $("hh-to").value = today;
     timers.push(setInterval(refreshLamps, LAMPS_REFRESH_MS));
     timers.push(setInterval(() => {
       refreshOverrides();
