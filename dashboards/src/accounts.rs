@@ -9,8 +9,9 @@
 //!   SHA-256, so a copy of the file gives no one a working token.
 //! - **Sessions** are 32 random bytes in an HttpOnly cookie; the file keeps their SHA-256, the
 //!   user, the expiry and the session's CSRF token.
-//! - **Audit**: who did what, when, to which target, and why (overrides, policy settings,
-//!   users and tokens created).
+//! - **Audit**: who did what, when, to which target, and why (overrides, zone settings,
+//!   faults acknowledged or cleared, users and tokens created).
+//! - **Zone settings** engineers saved, applied again when the system starts.
 //!
 //! The server reads users, tokens and sessions from the file on every request, so
 //! `lamplighter users add` and `tokens add` from another process take effect at once while

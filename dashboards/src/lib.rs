@@ -9,19 +9,28 @@
 //! handlers: implementations should take a snapshot under a short lock and return, never
 //! wait on I/O.
 //!
-//! Routes ([`router`]):
+//! Routes ([`router`]). Every `/api/v1/*` route but login needs a session cookie or an API
+//! token ([`accounts`]) and answers 401 without; state-changing requests with a session also
+//! need its CSRF token in `X-CSRF-Token`. Each answer is limited to the caller's tenant.
 //!
-//! | route                  | what                                                          |
-//! |------------------------|---------------------------------------------------------------|
-//! | `GET /`                | the page (`assets/index.html`)                                |
-//! | `GET /assets/app.js`   | its script (`assets/app.js`)                                  |
-//! | `GET /assets/app.css`  | its style sheet (`assets/app.css`)                            |
-//! | `GET /api/v1/summary`  | [`Summary`] as JSON, exactly its fields                       |
-//! | `GET /api/v1/lamps`    | every [`LampView`] as a JSON array                            |
-//! | `GET /api/v1/zones`    | every [`ZoneView`] as a JSON array                            |
-//! | `GET /api/v1/stream`   | Server-Sent Events: `summary` then `zones`, every second       |
-//! | `GET /metrics`         | Prometheus text exposition from [`LiveSource::metrics`]       |
-//! | `GET /healthz`         | `ok`                                                          |
+//! | route                                        | who      | what                          |
+//! |----------------------------------------------|----------|-------------------------------|
+//! | `GET /`, `/assets/app.js`, `/assets/app.css` | anyone   | the page (login form first)   |
+//! | `POST /api/v1/login`, `POST /api/v1/logout`  | anyone   | session cookie (throttled)    |
+//! | `GET /api/v1/me`                             | viewer   | who, role, tenant, CSRF token |
+//! | `GET /api/v1/summary`, `/lamps`, `/zones`    | viewer   | live state as JSON            |
+//! | `GET /api/v1/roads`                          | viewer   | road centre lines for the map |
+//! | `GET /api/v1/lamps/{id}/history`             | viewer   | readings and commands         |
+//! | `GET /api/v1/zones/{t}/{z}/history`          | viewer   | 15-minute zone history        |
+//! | `GET\|PUT /api/v1/zones/{t}/{z}/settings`    | admin    | zone policy settings (PUT)    |
+//! | `GET\|POST /api/v1/overrides`, `/clear`      | operator | overrides (POST), audited     |
+//! | `GET /api/v1/faults`, `POST .../acknowledge` | operator | faults (POST), audited        |
+//! | `GET /api/v1/energy`, `/half-hourly.csv`     | viewer   | kWh, GBP, CO2e, savings; CSV  |
+//! | `GET /api/v1/audit`, `/audit.csv`            | viewer   | who did what, when and why    |
+//! | `GET\|POST /api/v1/users`, `POST /tokens`    | admin    | accounts, audited             |
+//! | `GET /api/v1/stream`                         | viewer   | SSE: `summary`, `zones` each s|
+//! | `GET /metrics`                               | no tenant| Prometheus text               |
+//! | `GET /healthz`                               | anyone   | `ok` (liveness, no data)      |
 //!
 //! Anything else answers 404 (or 405 for a known path with the wrong method) with a JSON body
 //! `{"error": ..., "path": ...}`, so API clients never have to parse an HTML error page.
@@ -32,13 +41,15 @@
 //! Content-Security-Policy (`'self'` only, no inline script), and the script writes every
 //! value with `textContent`, so a tenant or zone name can never become markup.
 //!
-//! On the page: the header shows the summary figures and a connection badge; a canvas map
-//! draws every lamp at its latitude and longitude (equirectangular, scaled to fit, no tiles),
-//! coloured by level, next to a level histogram in plain HTML; a zone table follows. The
-//! header and the table are updated from the event stream without reloading; the map and
-//! the histogram re-read `/api/v1/lamps` every five seconds, since the lamp list is the one
-//! large answer. `EventSource` reconnects by itself when the stream drops; while it does,
-//! the badge says "reconnecting", and if the browser gives up the script opens a new one.
+//! On the page: a login form, then the summary figures (with open faults and today's energy)
+//! and a connection badge; a canvas map draws every lamp at its latitude and longitude
+//! (equirectangular, no tiles) over its roads, coloured by level, overrides and faults marked,
+//! with pan and zoom; a lamp's details and 24-hour chart; overrides, faults, energy, the level
+//! histogram, the zone table with a zone's chart and settings, and the audit log. The header
+//! and the zone table follow the event stream without reloading; the map re-reads
+//! `/api/v1/lamps` every five seconds, since the lamp list is the one large answer.
+//! `EventSource` reconnects by itself when the stream drops; while it does, the badge says
+//! "reconnecting", and if the browser gives up the script opens a new one.
 //!
 //! [`serve`] runs the router on a listener until its future is dropped. Event streams never
 //! end on their own, so dropping the future also ends every open stream: connections then
