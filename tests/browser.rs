@@ -908,3 +908,87 @@ fn dashboard_in_chromium_login_map_lamp_override_expiry_roles_and_tenants() {
         test_started.elapsed().as_secs_f64()
     );
 }
+
+/// Figures, not a check (tests never assert on speed): the map with many lamps. Provisions
+/// `LAMPLIGHTER_MAP_LAMPS` (default 50,000) lamps in a grid, starts `lamplighter serve` (no
+/// simulated nodes: every lamp offline, drawn as a ring), logs in, and prints how long the
+/// lamp list takes to arrive and a frame takes to draw, fitted and zoomed.
+/// `cargo test --test browser -- --ignored --nocapture map_figures`
+#[test]
+#[ignore]
+fn map_figures() {
+    tool("CHROMIUM", CHROMIUM);
+    tool("CHROMEDRIVER", CHROMEDRIVER);
+    let n: u32 = std::env::var("LAMPLIGHTER_MAP_LAMPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        let t = TenantId::new("city").unwrap();
+        let side = (n as f64).sqrt().ceil() as u32;
+        let nodes: Vec<NewNode> = (0..n)
+            .map(|i| NewNode {
+                lamp: LampId(i + 1),
+                tenant: t.clone(),
+                zone: ZoneId(i / 100),
+                lat: 51.40 + (i / side) as f64 * 0.0003,
+                lon: -2.65 + (i % side) as f64 * 0.0004,
+                rated_power_w: 30.0,
+            })
+            .collect();
+        store.provision(&nodes).unwrap();
+    }
+    let http_port = free_port();
+    let mut child = lamplighter()
+        .args([
+            "serve",
+            "--mqtt-port",
+            "0",
+            "--http-port",
+            &http_port.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take();
+    let _serve = Reaped(child);
+    users_add(dir.path(), "ada", "admin", "city");
+    let addr = SocketAddr::from(([127, 0, 0, 1], http_port));
+    let started = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "serve never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b = Browser::start();
+    let t0 = Instant::now();
+    b.login(&format!("http://{addr}/"), "ada", PASSWORD);
+    b.wait_for("every lamp on the page", Duration::from_secs(120), |b| {
+        b.lamps_on_page() == n as u64
+    });
+    let first = t0.elapsed();
+    let fitted = b.js("return window.lamplighterMap.zoomBy(1);", json!([]));
+    let zoomed = b.js("return window.lamplighterMap.zoomBy(8);", json!([]));
+    let fetch_ms = b.js_async(
+        "const done = arguments[0]; const t = performance.now();
+         fetch('api/v1/lamps').then(r => r.text()).then(x => done([performance.now() - t, x.length]));",
+        json!([]),
+    );
+    b.screenshot(&format!("map-{n}"));
+    eprintln!(
+        "map figures: {n} lamps; login to all drawn {:.1} s; GET /api/v1/lamps {:.0} ms, {:.1} MB; \
+         frame fitted {:.1} ms, zoomed x8 {:.1} ms",
+        first.as_secs_f64(),
+        fetch_ms[0].as_f64().unwrap_or(0.0),
+        fetch_ms[1].as_f64().unwrap_or(0.0) / 1e6,
+        fitted.as_f64().unwrap_or(0.0),
+        zoomed.as_f64().unwrap_or(0.0),
+    );
+}
