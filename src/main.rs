@@ -409,8 +409,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
     config.mqtt_max_connections = args.lamps + 64;
     config.roads = lamplighter::cli_accounts::town_roads(&town, &tenant);
     let clock = ScaledClock::starting_at(demo_start(&args.start)?, args.speed);
-    let (system, nodes) = system::start(&config, &data_dir, clock).await?;
     lamplighter::cli_accounts::ensure_demo_admin(&data_dir)?;
+    let (system, nodes) = system::start(&config, &data_dir, clock).await?;
 
     let groups = match args.transport {
         DemoTransport::Lorawan => lamplighter::lorawan_system::zone_groups(&data_dir, &nodes)?,

@@ -498,6 +498,13 @@ pub async fn start(
         roads: config.roads.clone(),
     });
     let accounts = Accounts::open(data_dir)?;
+    if accounts.users(None)?.is_empty() {
+        tracing::warn!(
+            file = %accounts.path().display(),
+            "no dashboard accounts yet: add one with `lamplighter users add --data-dir DIR \
+             --username NAME --role admin` (the password is read from stdin)"
+        );
+    }
     // Zone settings engineers saved on the dashboard apply again after a restart.
     for (tenant, zone, json) in accounts.saved_zone_settings()? {
         let applied = TenantId::new(&tenant)

@@ -1170,7 +1170,14 @@
     refreshAudit();
     refreshFaults();
     refreshEnergy();
-    timers.push(setInterval(refreshLamps, LAMPS_REFRESH_MS));
+    // The lamp list is the one large answer (about 280 bytes a lamp): a big town re-reads
+    // it less often, up to every 30 s at 50,000 lamps.
+    const lampsLoop = () => {
+      refreshLamps();
+      const every = Math.max(LAMPS_REFRESH_MS, Math.min(30000, lamps.length * 0.6));
+      timers.push(setTimeout(lampsLoop, every));
+    };
+    timers.push(setTimeout(lampsLoop, LAMPS_REFRESH_MS));
     timers.push(setInterval(() => {
       refreshOverrides();
       refreshAudit();
