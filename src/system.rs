@@ -557,6 +557,9 @@ impl System {
         for t in self.tasks {
             let _ = t.await;
         }
+        // The handle holds a store writer (for faults): the writer thread ends only once
+        // every writer is gone.
+        drop(self.controller);
         let thread = self.store_thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
