@@ -13,16 +13,23 @@
 //! | [`FaultKind::LampFailure`] | the node's `LAMP_FAILURE` flag, or the lamp reports at least `lit_level_pct` but draws no more than `failed_max_power_w` | it reports lit and draws power | it reports a level below `lit_level_pct` |
 //! | [`FaultKind::DriverFault`] | the node's `DRIVER` flag | the flag is clear | - |
 //! | [`FaultKind::CommsLoss`] | no report for `comms_loss_after_periods` report intervals (on a tick), or the node's `COMMS_LOST` flag (it heard no command and runs its fail-safe profile) | a report without the flag | - |
-//! | [`FaultKind::DayBurning`] | lit (level above 0 or drawing power) while it is day: the sun is up at the lamp at the reading's time, the sensor reads at least `day_lux`, or the node's `DAY_BURNING` flag | unlit by day | night, or an operator override holds the lamp (lit by day on purpose) |
+//! | [`FaultKind::DayBurning`] | lit (level above 0 or drawing power) while the sun is up at the lamp at the reading's time (the ambient light reading goes in the detail) | unlit by day | night, or an operator override holds the lamp (lit by day on purpose) |
 //! | [`FaultKind::Cycling`] | more than `cycling_max_changes` on/off changes of the drawn power (above or below `failed_max_power_w`) within `cycling_window_s` | at most that many | - |
 //!
 //! "No evidence" matters: a failed lamp reads fine by day (it is off), and must not clear
 //! itself every morning and be raised again every evening.
 //!
+//! Day is the almanac's (`sun::is_dark`, the very test the policy lights lamps by), not the
+//! light sensor's, nor the node's own `DAY_BURNING` flag (the sensor read against 200 lx):
+//! a sensor still reads a few hundred lux for a quarter of an hour after sunset, when every
+//! lamp is rightly lit, and the flag would raise day-burning on the whole town every dusk
+//! (the demo showed exactly that).
+//!
 //! # Hysteresis
 //!
-//! A kind is raised after `raise_after_reports` consecutive reports present it (so one bad
-//! report never raises); comms loss by silence is raised when the silence crosses its
+//! A kind is raised once `raise_after_reports` consecutive reports present it *and* it has
+//! persisted for `raise_after_s` (so neither one bad report nor a burst of event-driven
+//! reports within seconds, e.g. a lamp still ramping down at dawn, raises); comms loss by silence is raised when the silence crosses its
 //! threshold (the threshold is the hysteresis), cycling when the count in the window exceeds
 //! its maximum. A raised fault clears itself once the condition has been absent for
 //! `clear_after_s` without coming back (absence needs evidence: a clean report, or for comms
@@ -160,15 +167,15 @@ pub enum FaultEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultConfig {
-    /// Consecutive reports that must show a condition before it is raised.
+    /// Consecutive reports that must show a condition before it is raised...
     pub raise_after_reports: u32,
+    /// ...over at least this long.
+    pub raise_after_s: u32,
     /// A raised fault clears itself once its condition has been absent this long.
     pub clear_after_s: u32,
     /// Comms loss: no report for this many report intervals (the controller's
     /// `report_interval_s`).
     pub comms_loss_after_periods: u32,
-    /// Ambient light at or above this is day (the nodes' own day-burning threshold).
-    pub day_lux: u16,
     /// A lamp reporting at least this level should draw more than `failed_max_power_w`.
     pub lit_level_pct: u8,
     /// Drawing no more than this is drawing nothing: the driver's standby (0.5 W) with
@@ -183,9 +190,9 @@ impl Default for FaultConfig {
     fn default() -> Self {
         FaultConfig {
             raise_after_reports: 3,
+            raise_after_s: 300,
             clear_after_s: 900,
             comms_loss_after_periods: 3,
-            day_lux: 200,
             lit_level_pct: 5,
             failed_max_power_w: 1.0,
             // Dusk and dawn are two changes a day; a lamp flapping every few minutes is
@@ -291,6 +298,8 @@ enum Evidence {
 struct Track {
     /// Consecutive observations of the condition.
     streak: u32,
+    /// The first of them.
+    first_seen: Option<UnixMs>,
     /// The condition has been absent since (set only while a fault is open).
     clean_since: Option<UnixMs>,
     open: Option<FaultId>,
@@ -443,11 +452,8 @@ impl FaultTracker {
         } else {
             Evidence::Absent
         };
-        let day = context.daylight
-            || report.ambient_lux >= cfg.day_lux
-            || flags.contains(FaultFlags::DAY_BURNING);
         let lit = report.level_pct > 0 || drawing;
-        let day_burning = if !day || context.override_active {
+        let day_burning = if !context.daylight || context.override_active {
             Evidence::Unknown
         } else if lit {
             Evidence::Present(format!(
@@ -460,7 +466,7 @@ impl FaultTracker {
 
         let window_ms = cfg.cycling_window_s as u64 * 1000;
         let max_changes = cfg.cycling_max_changes as usize;
-        let raise_after = cfg.raise_after_reports;
+        let raise_after = (cfg.raise_after_reports, cfg.raise_after_s as u64 * 1000);
         let l = &mut self.lamps[i];
         l.last_report = Some(now);
         if l.drawing.is_some_and(|d| d != drawing) {
@@ -485,7 +491,7 @@ impl FaultTracker {
         self.observe(now, i, FaultKind::CommsLoss, comms, raise_after);
         self.observe(now, i, FaultKind::DayBurning, day_burning, raise_after);
         // The count in the window is this kind's hysteresis.
-        self.observe(now, i, FaultKind::Cycling, cycling, 1);
+        self.observe(now, i, FaultKind::Cycling, cycling, (1, 0));
     }
 
     /// Time passed: raise comms loss for lamps silent too long, let cycling counts age, and
@@ -511,14 +517,20 @@ impl FaultTracker {
                 };
                 // Silence past the threshold raises at once: the threshold is the
                 // hysteresis.
-                self.observe(now, i, FaultKind::CommsLoss, Evidence::Present(detail), 1);
+                self.observe(
+                    now,
+                    i,
+                    FaultKind::CommsLoss,
+                    Evidence::Present(detail),
+                    (1, 0),
+                );
             }
             let l = &mut self.lamps[i];
             while l.changes.front().is_some_and(|&t| now.since(t) > window_ms) {
                 l.changes.pop_front();
             }
             if l.changes.len() <= max_changes {
-                self.observe(now, i, FaultKind::Cycling, Evidence::Absent, 1);
+                self.observe(now, i, FaultKind::Cycling, Evidence::Absent, (1, 0));
             }
             for kind in FaultKind::ALL {
                 self.maybe_clear(now, i, kind);
@@ -526,18 +538,29 @@ impl FaultTracker {
         }
     }
 
-    fn observe(&mut self, now: UnixMs, i: usize, kind: FaultKind, e: Evidence, raise_after: u32) {
+    /// Takes one observation of `kind`; raises once `reports` consecutive observations
+    /// span at least `min_ms`.
+    fn observe(
+        &mut self,
+        now: UnixMs,
+        i: usize,
+        kind: FaultKind,
+        e: Evidence,
+        (reports, min_ms): (u32, u64),
+    ) {
         let t = &mut self.lamps[i].tracks[kind.index()];
         match e {
             Evidence::Present(detail) => {
                 t.streak = t.streak.saturating_add(1);
+                let first = *t.first_seen.get_or_insert(now);
                 t.clean_since = None;
-                if t.open.is_none() && t.streak >= raise_after {
+                if t.open.is_none() && t.streak >= reports && now.since(first) >= min_ms {
                     self.raise(now, i, kind, detail);
                 }
             }
             Evidence::Absent => {
                 t.streak = 0;
+                t.first_seen = None;
                 if t.open.is_some() {
                     t.clean_since.get_or_insert(now);
                     self.maybe_clear(now, i, kind);

@@ -89,7 +89,23 @@ struct Shared {
     clock: ScaledClock,
     metrics: ServiceMetrics,
     faults: Mutex<FaultTracker>,
-    store: StoreWriter,
+    /// For operators' fault actions. Taken out when the deciding task ends, so that the
+    /// store's writer thread can finish ([`crate::store::StoreThread::join`]) while handles
+    /// are still around.
+    store: Mutex<Option<StoreWriter>>,
+}
+
+/// Takes the store's writer out of [`Shared`] when dropped (with the deciding task).
+struct ReleaseStore(Arc<Shared>);
+
+impl Drop for ReleaseStore {
+    fn drop(&mut self) {
+        self.0
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
 }
 
 /// A cheap, cloneable view of the running controller.
@@ -173,7 +189,19 @@ impl ControllerHandle {
             return Err(FaultError::NotOpen(id));
         }
         let fault = act(&mut tracker)?;
-        drain_faults(&mut tracker, &self.shared.store);
+        let store = self
+            .shared
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match store {
+            Some(store) => drain_faults(&mut tracker, &store),
+            None => tracing::error!(
+                id = id.0,
+                "the controller has stopped; fault action not stored"
+            ),
+        }
         Ok(fault)
     }
     /// The deployment's offset from UTC (`[controller.policy] utc_offset_min`): where its
@@ -295,7 +323,7 @@ pub fn start(
         clock,
         metrics: ServiceMetrics::default(),
         faults: Mutex::new(faults),
-        store: store.clone(),
+        store: Mutex::new(Some(store.clone())),
     });
     let handle = ControllerHandle { shared };
 
@@ -370,7 +398,10 @@ pub fn start(
 
     let decide = {
         let handle = handle.clone();
+        // Moved into the task, so dropped with it even if it never ran.
+        let release = ReleaseStore(handle.shared.clone());
         tokio::spawn(async move {
+            let _release = release;
             let mut tick = tokio::time::interval(config.tick_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut pending: VecDeque<(String, Vec<u8>)> = VecDeque::new();

@@ -23,6 +23,7 @@ fn config() -> ControllerConfig {
         report_interval_s: 60,
         faults: FaultConfig {
             comms_loss_after_periods: 2,
+            raise_after_s: 60,
             ..FaultConfig::default()
         },
         ..ControllerConfig::default()
@@ -61,6 +62,8 @@ fn start(dir: &std::path::Path) -> (ControllerHandle, Vec<JoinHandle<()>>, Store
     (handle, tasks, thread)
 }
 
+/// Stops as `System::shutdown` does: the store's thread must finish while handles (the
+/// dashboard's, this one) are still held.
 async fn stop(handle: ControllerHandle, tasks: Vec<JoinHandle<()>>, thread: StoreThread) {
     for t in &tasks {
         t.abort();
@@ -68,10 +71,14 @@ async fn stop(handle: ControllerHandle, tasks: Vec<JoinHandle<()>>, thread: Stor
     for t in tasks {
         let _ = t.await;
     }
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || thread.join()),
+    )
+    .await
+    .expect("the store's writer thread ends while a handle is held")
+    .unwrap();
     drop(handle);
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .unwrap();
 }
 
 async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
@@ -134,8 +141,12 @@ async fn faults_are_raised_acknowledged_stored_and_restored() {
     }
 
     let (handle, tasks, thread) = start(dir.path());
-    // Lamp 0 reports a driver fault three times; lamps 1 and 2 never report.
+    // Lamp 0 reports a driver fault three times over 80 s (clock time, 100 times real
+    // time); lamps 1 and 2 never report.
     for fcnt in 0..3 {
+        if fcnt > 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
         uplink(&handle, LampId(0), fcnt, FaultFlags::DRIVER);
     }
     wait_for("driver fault and comms loss", || {
