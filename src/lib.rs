@@ -19,6 +19,7 @@ pub fn print_line(args: std::fmt::Arguments) -> std::io::Result<()> {
     out.write_all(b"\n")
 }
 
+pub mod cli_accounts;
 pub mod cli_lorawan;
 pub mod cli_nodes;
 pub mod cli_sim;

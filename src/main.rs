@@ -66,6 +66,16 @@ enum Command {
     Export(lamplighter::cli_store::ExportArgs),
     /// Copies the store to FILE with SQLite's online backup (safe while running).
     Backup(lamplighter::cli_store::BackupArgs),
+    /// Dashboard users (works while running).
+    Users {
+        #[command(subcommand)]
+        command: lamplighter::cli_accounts::UsersCommand,
+    },
+    /// API tokens for the dashboard's JSON API (works while running).
+    Tokens {
+        #[command(subcommand)]
+        command: lamplighter::cli_accounts::TokensCommand,
+    },
 }
 
 #[derive(Args)]
@@ -245,6 +255,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Export(args) => lamplighter::cli_store::export(args),
         Command::Backup(args) => lamplighter::cli_store::backup(args),
+        Command::Users { command } => lamplighter::cli_accounts::run_users(command),
+        Command::Tokens { command } => lamplighter::cli_accounts::run_tokens(command),
         Command::Forecast {
             command:
                 ForecastCommand::Eval {
@@ -395,7 +407,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
         })
         .collect();
     config.mqtt_max_connections = args.lamps + 64;
+    config.roads = lamplighter::cli_accounts::town_roads(&town, &tenant);
     let clock = ScaledClock::starting_at(demo_start(&args.start)?, args.speed);
+    lamplighter::cli_accounts::ensure_demo_admin(&data_dir)?;
     let (system, nodes) = system::start(&config, &data_dir, clock).await?;
 
     let groups = match args.transport {

@@ -7,11 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use lamplighter_controller::core::{ControllerConfig, ControllerCore, LampView, Summary, ZoneView};
+use lamplighter_controller::core::{
+    ControllerConfig, ControllerCore, LampView, Summary, ZoneSettings, ZoneSettingsError, ZoneView,
+};
+use lamplighter_controller::faults::{Fault, FaultCounts, FaultError, FaultId};
 use lamplighter_controller::service::{self, ControllerHandle, ServiceConfig};
+use lamplighter_controller::store::{EnergySummary, HistoryPoint, Resolution};
 use lamplighter_controller::store::{Store, StoreThread, StoreWriter, StoredNode};
-use lamplighter_dashboards::LiveSource;
+use lamplighter_dashboards::{
+    Accounts, CommandRecord, DashboardOptions, LampHistory, LiveSource, OverrideTarget, Road,
+    SourceError,
+};
 use lamplighter_protocol::time::ScaledClock;
+use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::Deserialize;
@@ -36,6 +44,13 @@ pub struct SystemConfig {
     pub controller: ControllerConfig,
     /// Retention and the InfluxDB sink (`[store.retention]`; the sink from flags).
     pub store: lamplighter_controller::store::StoreOptions,
+    /// Mark the dashboard's session cookie `Secure`: set it when users reach the dashboard
+    /// over HTTPS (a reverse proxy terminating TLS in front of `http_listen`).
+    pub http_secure_cookies: bool,
+    /// Road centre lines to draw under the lamps, by tenant (the demo's town fills it; not
+    /// read from the file).
+    #[serde(skip)]
+    pub roads: Vec<(TenantId, lamplighter_dashboards::Road)>,
     /// Tenants whose lamps talk through their own LoRaWAN network (ChirpStack v4, The Things
     /// Stack v3): `[[external_networks]]` with tenant, kind, host, port, username, password,
     /// application.
@@ -53,6 +68,8 @@ impl Default for SystemConfig {
             tick_interval_s: 1.0,
             controller: ControllerConfig::default(),
             store: Default::default(),
+            http_secure_cookies: false,
+            roads: Vec::new(),
             external_networks: Vec::new(),
         }
     }
@@ -121,21 +138,240 @@ pub struct System {
     store_thread: StoreThread,
 }
 
-struct Dashboard(ControllerHandle);
+/// The dashboard's view of the running system: live state from the controller, history
+/// from a read-only connection to the store (WAL: it never blocks the writer).
+struct Dashboard {
+    controller: ControllerHandle,
+    history: Mutex<Store>,
+    /// Read-only, for the commands sent to a lamp (the store has no query for them yet).
+    commands: Mutex<rusqlite::Connection>,
+    roads: Vec<(TenantId, Road)>,
+}
+
+/// The commands sent to `lamp` in `[from_ms, to_ms)`, oldest first, the latest `limit`.
+fn lamp_commands(
+    conn: &rusqlite::Connection,
+    lamp: LampId,
+    from_ms: i64,
+    to_ms: i64,
+    limit: u32,
+) -> rusqlite::Result<Vec<CommandRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sent_ms, level_pct, ramp_ms, reason FROM commands
+         WHERE lamp_id = ?1 AND sent_ms >= ?2 AND sent_ms < ?3
+         ORDER BY sent_ms DESC LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![lamp.0, from_ms, to_ms, limit], |r| {
+        Ok(CommandRecord {
+            sent_ms: r.get(0)?,
+            level_pct: r.get(1)?,
+            ramp_ms: r.get(2)?,
+            reason: r.get(3)?,
+        })
+    })?;
+    let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+impl Dashboard {
+    /// The lamp's tenant, if the caller may see the lamp.
+    fn lamp_visible(&self, tenant: Option<&TenantId>, lamp: LampId) -> bool {
+        self.controller.with_core(|core, _| {
+            core.node(lamp)
+                .is_some_and(|n| tenant.is_none_or(|t| &n.tenant == t))
+        })
+    }
+}
 
 impl LiveSource for Dashboard {
-    fn summary(&self) -> Summary {
-        self.0.summary(None)
+    fn summary(&self, tenant: Option<&TenantId>) -> Summary {
+        self.controller.summary(tenant)
     }
-    fn lamps(&self) -> Vec<LampView> {
-        self.0.lamps(None)
+    fn lamps(&self, tenant: Option<&TenantId>) -> Vec<LampView> {
+        self.controller.lamps(tenant)
     }
-    fn zones(&self) -> Vec<ZoneView> {
-        self.0.zones(None)
+    fn zones(&self, tenant: Option<&TenantId>) -> Vec<ZoneView> {
+        self.controller.zones(tenant)
     }
     fn metrics(&self) -> String {
-        self.0.prometheus()
+        self.controller.prometheus()
     }
+    fn now_ms(&self) -> u64 {
+        self.controller.now().0
+    }
+    fn set_override(
+        &self,
+        tenant: Option<&TenantId>,
+        target: &OverrideTarget,
+        level_pct: Option<u8>,
+        until_ms: u64,
+    ) -> Result<usize, SourceError> {
+        self.controller.with_core(|core, now| {
+            let lamps: Vec<LampId> = match target {
+                OverrideTarget::Lamp { lamp } => core
+                    .node(*lamp)
+                    .filter(|n| tenant.is_none_or(|t| &n.tenant == t))
+                    .map(|n| n.lamp)
+                    .into_iter()
+                    .collect(),
+                OverrideTarget::Zone { tenant: zt, zone } => core
+                    .lamps(now, tenant)
+                    .into_iter()
+                    .filter(|l| &l.tenant == zt && l.zone == *zone)
+                    .map(|l| l.lamp)
+                    .collect(),
+                OverrideTarget::Town => core
+                    .lamps(now, tenant)
+                    .into_iter()
+                    .map(|l| l.lamp)
+                    .collect(),
+            };
+            if lamps.is_empty() {
+                return Err(SourceError::NotFound(target.to_string()));
+            }
+            for &lamp in &lamps {
+                core.set_override(now, lamp, level_pct, UnixMs(until_ms));
+            }
+            Ok(lamps.len())
+        })
+    }
+    fn lamp_history(
+        &self,
+        tenant: Option<&TenantId>,
+        lamp: LampId,
+        from_s: i64,
+        to_s: i64,
+    ) -> Result<LampHistory, SourceError> {
+        if !self.lamp_visible(tenant, lamp) {
+            return Err(SourceError::NotFound(format!("lamp {}", lamp.0)));
+        }
+        let resolution = Resolution::for_span((to_s - from_s).max(0) as u64, false);
+        let store = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let points = store
+            .lamp_history(lamp, from_s, to_s, resolution)
+            .map_err(|e| SourceError::Internal(e.to_string()))?;
+        drop(store);
+        let conn = self.commands.lock().unwrap_or_else(|p| p.into_inner());
+        let commands = lamp_commands(&conn, lamp, from_s * 1000, to_s * 1000, 500)
+            .map_err(|e| SourceError::Internal(e.to_string()))?;
+        Ok(LampHistory {
+            lamp,
+            points,
+            commands,
+        })
+    }
+    fn zone_history(
+        &self,
+        tenant: &TenantId,
+        zone: ZoneId,
+        from_s: i64,
+        to_s: i64,
+    ) -> Result<Vec<HistoryPoint>, SourceError> {
+        let resolution = Resolution::for_span((to_s - from_s).max(0) as u64, true);
+        let store = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        store
+            .zone_history(tenant, zone, from_s, to_s, resolution)
+            .map_err(|e| SourceError::Internal(e.to_string()))
+    }
+    fn zone_settings(&self, tenant: &TenantId, zone: ZoneId) -> Result<ZoneSettings, SourceError> {
+        self.controller
+            .with_core(|core, _| core.zone_settings(tenant, zone))
+            .ok_or_else(|| SourceError::NotFound(format!("zone {tenant}/{}", zone.0)))
+    }
+    fn set_zone_settings(
+        &self,
+        tenant: &TenantId,
+        zone: ZoneId,
+        settings: &ZoneSettings,
+    ) -> Result<usize, SourceError> {
+        self.controller
+            .with_core(|core, now| core.set_zone_settings(now, tenant, zone, settings))
+            .map_err(|e| match e {
+                ZoneSettingsError::UnknownZone => {
+                    SourceError::NotFound(format!("zone {tenant}/{}", zone.0))
+                }
+                ZoneSettingsError::Policy(p) => SourceError::Invalid(p.to_string()),
+            })
+    }
+    fn faults(&self, tenant: Option<&TenantId>) -> Result<(FaultCounts, Vec<Fault>), SourceError> {
+        Ok((
+            self.controller.fault_counts(tenant),
+            self.controller.faults(tenant),
+        ))
+    }
+    fn fault_action(
+        &self,
+        tenant: Option<&TenantId>,
+        id: FaultId,
+        clear: bool,
+        user: &str,
+        note: &str,
+    ) -> Result<Fault, SourceError> {
+        let now = self.controller.now();
+        let result = if clear {
+            self.controller.clear_fault(tenant, id, user, note, now)
+        } else {
+            self.controller
+                .acknowledge_fault(tenant, id, user, note, now)
+        };
+        result.map_err(|e| match e {
+            FaultError::NotOpen(_) => SourceError::NotFound(format!("open fault {id}")),
+            e => SourceError::Invalid(e.to_string()),
+        })
+    }
+    fn energy(&self, tenant: Option<&TenantId>) -> Result<Vec<EnergySummary>, SourceError> {
+        let tenants: std::collections::BTreeSet<TenantId> = match tenant {
+            Some(t) => [t.clone()].into(),
+            None => self
+                .controller
+                .zones(None)
+                .into_iter()
+                .map(|z| z.tenant)
+                .collect(),
+        };
+        let store = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .iter()
+            .map(|t| {
+                self.controller
+                    .energy_summary(&store, t)
+                    .map_err(|e| SourceError::Internal(e.to_string()))
+            })
+            .collect()
+    }
+    fn half_hourly_csv(
+        &self,
+        tenant: Option<&TenantId>,
+        from_s: i64,
+        to_s: i64,
+    ) -> Result<String, SourceError> {
+        let offset = self.controller.utc_offset_min();
+        let store = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        store
+            .half_hourly_csv(tenant, from_s, to_s, offset, &mut out)
+            .map_err(|e| SourceError::Invalid(e.to_string()))?;
+        String::from_utf8(out).map_err(|e| SourceError::Internal(e.to_string()))
+    }
+    fn roads(&self, tenant: Option<&TenantId>) -> Vec<Road> {
+        self.roads
+            .iter()
+            .filter(|(t, _)| tenant.is_none_or(|want| want == t))
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+fn open_store_read_only(data_dir: &std::path::Path) -> Result<rusqlite::Connection> {
+    let path = data_dir.join(lamplighter_controller::store::DB_FILE);
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {} for the dashboard", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 const CONTROLLER_USER: &str = "lamplighter-controller";
@@ -255,11 +491,42 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
-    let source: Arc<dyn LiveSource> = Arc::new(Dashboard(controller.clone()));
+    let source: Arc<dyn LiveSource> = Arc::new(Dashboard {
+        controller: controller.clone(),
+        history: Mutex::new(Store::open_read_only(data_dir)?),
+        commands: Mutex::new(open_store_read_only(data_dir)?),
+        roads: config.roads.clone(),
+    });
+    let accounts = Accounts::open(data_dir)?;
+    if accounts.users(None)?.is_empty() {
+        tracing::warn!(
+            file = %accounts.path().display(),
+            "no dashboard accounts yet: add one with `lamplighter users add --data-dir DIR \
+             --username NAME --role admin` (the password is read from stdin)"
+        );
+    }
+    // Zone settings engineers saved on the dashboard apply again after a restart.
+    for (tenant, zone, json) in accounts.saved_zone_settings()? {
+        let applied = TenantId::new(&tenant)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                let s: ZoneSettings = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+                controller
+                    .with_core(|core, now| core.set_zone_settings(now, &t, ZoneId(zone), &s))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = applied {
+            tracing::warn!(%tenant, zone, error = %e, "saved zone settings not applied");
+        }
+    }
+    let options = DashboardOptions {
+        secure_cookies: config.http_secure_cookies,
+        ..DashboardOptions::default()
+    };
     let bridge_handle = bridge.as_ref().map(|b| b.handle.clone());
     tasks.extend(bridge.into_iter().flat_map(|b| b.tasks));
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = lamplighter_dashboards::serve(listener, source).await {
+        if let Err(e) = lamplighter_dashboards::serve(listener, source, accounts, options).await {
             tracing::error!(error = %e, "dashboard stopped");
         }
     }));
@@ -290,6 +557,9 @@ impl System {
         for t in self.tasks {
             let _ = t.await;
         }
+        // The handle holds a store writer (for faults): the writer thread ends only once
+        // every writer is gone.
+        drop(self.controller);
         let thread = self.store_thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
