@@ -517,7 +517,7 @@ impl ControllerCore {
         });
 
         if report.presence.total() > 0 {
-            let until = now.plus_ms(self.config.policy.bubble_hold_s as u64 * 1000);
+            let until = now.plus_ms(policy::bubble_hold_ms(&self.config.policy, report.presence));
             let mut bubble = vec![i];
             bubble.extend(self.neighbours[i].iter().copied());
             for j in bubble {
@@ -610,9 +610,14 @@ impl ControllerCore {
             class: self.zones[lamp.zone].class_in_force(now, &cfg.policy),
         };
         let Decision { level_pct, reason } = policy::decide(&cfg.policy, &situation);
-        let refresh_due = lamp
-            .commanded
-            .is_none_or(|c| now.since(c.at) >= cfg.refresh_s as u64 * 1000);
+        // A presence command carries a hold (below) after which the node falls back to its
+        // fail-safe profile; while the bubble lasts, send it again before that hold ends.
+        let refresh_due = lamp.commanded.is_none_or(|c| {
+            now.since(c.at) >= cfg.refresh_s as u64 * 1000
+                || (reason == Reason::Presence
+                    && c.reason == Reason::Presence
+                    && now.since(c.at) >= cfg.policy.bubble_hold_s as u64 * 1000)
+        });
         let changed = lamp.commanded.is_none_or(|c| c.level_pct != level_pct);
         if !changed && !refresh_due {
             return;
