@@ -92,6 +92,8 @@ pub struct RadioReport {
     pub uplinks_out_of_reach: u64,
     /// Sent later than the node wanted because of its duty cycle.
     pub uplinks_delayed_by_duty_cycle: u64,
+    /// Not sent: another frame was already waiting for the node's duty cycle.
+    pub uplinks_dropped_duty_cycle: u64,
     pub uplink_airtime_s: f64,
     pub downlinks: u64,
     /// Dropped because the gateway's hour of RX2 airtime was spent.
@@ -255,18 +257,28 @@ impl Radio {
         };
         let airtime_us = dr.time_on_air_us(len, true);
         let start_ms = now_ms.max(n.free_at_ms);
-        if start_ms > now_ms {
-            self.report.uplinks_delayed_by_duty_cycle += 1;
-        }
-        let off_ms =
-            (airtime_us as f64 * (1.0 / self.cfg.node_duty_cycle.clamp(1e-4, 1.0))) as u64 / 1000;
-        self.nodes[i].free_at_ms = start_ms + off_ms.max(airtime_us / 1000);
+        let off_ms = ((airtime_us as f64 / self.cfg.node_duty_cycle.clamp(1e-4, 1.0)) as u64
+            / 1000)
+            .max(airtime_us / 1000);
         self.report.uplinks += 1;
-        self.report.uplink_airtime_s += airtime_us as f64 / 1e6;
-
         let slot = self.next_slot;
         self.next_slot = self.next_slot.wrapping_add(1);
         let ring = slot as usize % LOST_RING;
+        // A node's radio holds one frame waiting for its duty cycle; a frame due while one
+        // already waits is dropped (it would only grow a backlog of stale reports).
+        if start_ms > now_ms + off_ms {
+            self.report.uplinks_dropped_duty_cycle += 1;
+            self.lost[ring] = true;
+            return UplinkOnAir {
+                arrives_ms: now_ms,
+                slot,
+            };
+        }
+        if start_ms > now_ms {
+            self.report.uplinks_delayed_by_duty_cycle += 1;
+        }
+        self.nodes[i].free_at_ms = start_ms + off_ms;
+        self.report.uplink_airtime_s += airtime_us as f64 / 1e6;
         self.lost[ring] = !n.in_reach;
         if !n.in_reach {
             self.report.uplinks_out_of_reach += 1;
@@ -420,6 +432,10 @@ mod tests {
         let b = r.send_uplink(0, 10, 36, 1);
         assert!(b.arrives_ms >= a.arrives_ms + 99 * 50, "{a:?} {b:?}");
         assert_eq!(r.report.uplinks_delayed_by_duty_cycle, 1);
+        // A third while the second still waits: dropped, not queued behind it.
+        let c = r.send_uplink(0, 20, 36, 2);
+        assert!(r.uplink_lost(c.slot) && !r.uplink_lost(b.slot));
+        assert_eq!(r.report.uplinks_dropped_duty_cycle, 1);
     }
 
     #[test]
