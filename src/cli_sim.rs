@@ -148,6 +148,13 @@ pub struct RunArgs {
     /// Grid carbon factor, kg CO2e per kWh.
     #[arg(long, default_value_t = 0.20705)]
     pub carbon_kg_per_kwh: f64,
+    /// How nodes reach the controller: `ip` (MQTT over TCP) or `lorawan` (EU868 radio,
+    /// gateways on a grid).
+    #[arg(long, default_value = "ip")]
+    pub radio: String,
+    /// Distance between gateways with `--radio lorawan`.
+    #[arg(long, default_value_t = 2000.0)]
+    pub gateway_spacing_m: f64,
 }
 
 #[derive(Args)]
@@ -159,6 +166,12 @@ pub struct BenchArgs {
     pub policy: String,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Runs of each case; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Skip the Cambridge case (`--only big`) or the big town (`--only cambridge`).
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -198,8 +211,23 @@ fn plan(args: RunArgs) -> Result<()> {
         },
         None => TownSource::Path(PathBuf::from(&args.town)),
     };
+    let radio = match args.radio.as_str() {
+        "ip" => None,
+        "lorawan" => {
+            anyhow::ensure!(
+                args.gateway_spacing_m.is_finite() && args.gateway_spacing_m >= 100.0,
+                "--gateway-spacing-m must be at least 100"
+            );
+            Some(plan::radio::RadioConfig {
+                gateway_spacing_m: args.gateway_spacing_m,
+                ..Default::default()
+            })
+        }
+        other => anyhow::bail!("--radio must be ip or lorawan, got {other:?}"),
+    };
     let opts = PlanOptions {
         town,
+        radio,
         policies: vec![args.policy.clone()],
         days: args.days,
         seed: args.seed,
@@ -242,6 +270,8 @@ fn bench(args: BenchArgs) -> Result<()> {
         procedural_lamps: args.lamps,
         procedural_policy: args.policy,
         seed: args.seed,
+        runs: args.runs.max(1),
+        only: args.only.clone(),
         ..BenchOptions::default()
     };
     lamplighter_print_line!("{}", plan::bench(&opts));

@@ -35,8 +35,171 @@ pub fn elevation_deg(lat_deg: f64, lon_deg: f64, now: UnixMs) -> f64 {
 pub const LIGHTS_ON_ELEVATION_DEG: f64 = -0.833;
 
 /// Whether it is dark enough at this position for street lights to be on.
+///
+/// Same answer as comparing [`elevation_deg`] with [`LIGHTS_ON_ELEVATION_DEG`], but a
+/// controller asks this for every lamp on every tick and a simulator for a whole town in
+/// virtual time, so the answer is remembered per position for the whole light or dark spell
+/// holding `now` (see [`DarkMemo`]); repeated calls cost a hash look-up instead of a dozen
+/// trigonometric functions.
 pub fn is_dark(lat_deg: f64, lon_deg: f64, now: UnixMs) -> bool {
+    DARK_MEMO.with(|m| m.borrow_mut().is_dark(lat_deg, lon_deg, now))
+}
+
+/// The elevation test itself, with no memo.
+pub fn is_dark_uncached(lat_deg: f64, lon_deg: f64, now: UnixMs) -> bool {
     elevation_deg(lat_deg, lon_deg, now) < LIGHTS_ON_ELEVATION_DEG
+}
+
+/// The sun's elevation never changes faster than the Earth turns, 15 degrees an hour
+/// (0.25 degrees a minute); a margin on top for the slow drift of declination and the
+/// equation of time.
+const MAX_ELEVATION_RATE_DEG_PER_MS: f64 = 0.3 / 60_000.0;
+/// Spells are searched this far either side of `now` (the polar day and night are longer:
+/// their spell is simply cut there and searched again when `now` leaves it).
+const SPELL_SEARCH_MS: u64 = 36 * 3_600_000;
+/// A memo bigger than this (positions) is cleared rather than grown.
+const MEMO_MAX_POSITIONS: usize = 1 << 20;
+
+/// One position's current light or dark spell: `is_dark` is `dark` for every instant in
+/// `[from_ms, until_ms)`.
+#[derive(Debug, Clone, Copy)]
+struct Spell {
+    from_ms: u64,
+    until_ms: u64,
+    dark: bool,
+}
+
+/// Per-thread memo of each position's current spell. A pure cache: it holds nothing that
+/// [`is_dark_uncached`] would not give, so callers stay functions of their inputs.
+#[derive(Default)]
+struct DarkMemo {
+    spells: std::collections::HashMap<(u64, u64), Spell, PosHash>,
+}
+
+thread_local! {
+    static DARK_MEMO: std::cell::RefCell<DarkMemo> = std::cell::RefCell::new(DarkMemo::default());
+}
+
+impl DarkMemo {
+    fn is_dark(&mut self, lat_deg: f64, lon_deg: f64, now: UnixMs) -> bool {
+        let key = (lat_deg.to_bits(), lon_deg.to_bits());
+        if let Some(s) = self.spells.get(&key) {
+            if (s.from_ms..s.until_ms).contains(&now.0) {
+                return s.dark;
+            }
+        }
+        let spell = spell_at(lat_deg, lon_deg, now.0);
+        if self.spells.len() >= MEMO_MAX_POSITIONS {
+            self.spells.clear();
+        }
+        self.spells.insert(key, spell);
+        spell.dark
+    }
+}
+
+/// How far the sun sits from the lights-on elevation at `t` (negative: dark).
+fn margin_deg(lat_deg: f64, lon_deg: f64, t: u64) -> f64 {
+    elevation_deg(lat_deg, lon_deg, UnixMs(t)) - LIGHTS_ON_ELEVATION_DEG
+}
+
+/// The spell holding `t0`: step outwards as far as the elevation's rate bound proves the
+/// answer cannot change, then bisect the last step to the millisecond.
+fn spell_at(lat_deg: f64, lon_deg: f64, t0: u64) -> Spell {
+    let dark = margin_deg(lat_deg, lon_deg, t0) < 0.0;
+    let same = |t: u64| (margin_deg(lat_deg, lon_deg, t) < 0.0) == dark;
+    // Forwards: the first instant after t0 that differs.
+    let limit = t0.saturating_add(SPELL_SEARCH_MS);
+    let mut lo = t0;
+    let until_ms = loop {
+        let m = margin_deg(lat_deg, lon_deg, lo).abs();
+        let step = ((m / MAX_ELEVATION_RATE_DEG_PER_MS) as u64).max(1_000);
+        let hi = lo.saturating_add(step);
+        if hi >= limit {
+            break limit;
+        }
+        if !same(hi) {
+            break first_change(lo, hi, &same);
+        }
+        lo = hi;
+    };
+    // Backwards: the first instant of the spell.
+    let limit = t0.saturating_sub(SPELL_SEARCH_MS);
+    let mut hi = t0;
+    let from_ms = loop {
+        let m = margin_deg(lat_deg, lon_deg, hi).abs();
+        let step = ((m / MAX_ELEVATION_RATE_DEG_PER_MS) as u64).max(1_000);
+        let lo = hi.saturating_sub(step);
+        if lo <= limit {
+            break limit;
+        }
+        if !same(lo) {
+            // The last instant that differs, plus one.
+            break last_change(lo, hi, &same) + 1;
+        }
+        hi = lo;
+    };
+    Spell {
+        from_ms,
+        until_ms,
+        dark,
+    }
+}
+
+/// With `same(lo)` and not `same(hi)`: the first instant in (lo, hi] that is not the same.
+fn first_change(mut lo: u64, mut hi: u64, same: &impl Fn(u64) -> bool) -> u64 {
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if same(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
+/// With not `same(lo)` and `same(hi)`: the last instant in [lo, hi) that is not the same.
+fn last_change(mut lo: u64, mut hi: u64, same: &impl Fn(u64) -> bool) -> u64 {
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if same(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    lo
+}
+
+/// A cheap hash for a pair of f64 bit patterns (SplitMix64's finaliser); the memo's keys are
+/// our own positions, not attacker-chosen, so SipHash's protection buys nothing here.
+#[derive(Default, Clone, Copy)]
+struct PosHash;
+
+impl std::hash::BuildHasher for PosHash {
+    type Hasher = PosHasher;
+    fn build_hasher(&self) -> PosHasher {
+        PosHasher(0)
+    }
+}
+
+struct PosHasher(u64);
+
+impl std::hash::Hasher for PosHasher {
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// The next time, after `now` and within 48 h, at which `is_dark` changes; found by stepping
@@ -69,6 +232,32 @@ mod tests {
     fn london_is_dark_at_midnight_and_light_at_noon() {
         assert!(is_dark(51.5, -0.12, UnixMs(DEC_NOON.0 + 12 * 3_600_000)));
         assert!(!is_dark(51.5, -0.12, DEC_NOON));
+    }
+
+    #[test]
+    fn the_memo_agrees_with_the_elevation_test() {
+        // Every minute for two days at a few places, and every second around sunset:
+        // the memo's answer is the uncached one.
+        for (lat, lon) in [(51.5, -0.12), (42.37, -71.11), (-33.9, 151.2), (69.6, 18.9)] {
+            for m in 0..(2 * 24 * 60) {
+                let t = UnixMs(DEC_NOON.0 + m * 60_000);
+                assert_eq!(
+                    is_dark(lat, lon, t),
+                    is_dark_uncached(lat, lon, t),
+                    "{lat} {m}"
+                );
+            }
+            let sunset = next_transition(lat, lon, DEC_NOON).unwrap_or(DEC_NOON);
+            for s in 0..240 {
+                // Backwards in time too: the memo's spell is searched both ways.
+                let t = UnixMs(sunset.0 + 120_000 - s * 1_000);
+                assert_eq!(
+                    is_dark(lat, lon, t),
+                    is_dark_uncached(lat, lon, t),
+                    "{lat} {s}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -59,6 +59,9 @@ impl ZoneParams {
     }
 }
 
+/// Shortest span the flow within an interval is measured over before it can raise the class.
+pub const RISE_WINDOW_S: f64 = 180.0;
+
 /// Road-user modes, in the order of [`Presence`]'s fields.
 pub const MODES: [&str; 3] = ["pedestrians", "cyclists", "vehicles"];
 
@@ -233,11 +236,19 @@ impl ZoneState {
         {
             *c += n as u64;
         }
-        // The interval's flow can only grow from here (unless more lamps report): if what it
-        // holds already calls for a brighter class, rise now rather than at its end.
+        // Rise within the interval as soon as the flow so far calls for a brighter class:
+        // waiting for the interval's end would leave road users under a dimmer class for up
+        // to ten minutes after demand rose. The flow so far is the count over the time the
+        // interval has run, at least `RISE_WINDOW_S` so that the first few detections of an
+        // interval do not read as a flood.
         let lamps = self.reporters.max(self.prev_reporters).max(1) as f64;
-        let per_h = 3600.0 / policy.interval_s.max(1) as f64;
-        let so_far = self.counts.iter().sum::<u64>() as f64 / lamps * per_h;
+        let elapsed_s = self.interval.map_or(0.0, |i| {
+            now.0.saturating_sub(i * Self::interval_ms(policy)) as f64 / 1000.0
+        });
+        let window_s = elapsed_s
+            .max(RISE_WINDOW_S.min(policy.interval_s as f64))
+            .max(1.0);
+        let so_far = self.counts.iter().sum::<u64>() as f64 / lamps * 3600.0 / window_s;
         let down = classes::classes_down(
             &policy.traffic_steps,
             so_far / self.road.capacity_per_h.max(1e-9),

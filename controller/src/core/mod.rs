@@ -562,7 +562,7 @@ impl ControllerCore {
         });
 
         if report.presence.total() > 0 {
-            let until = now.plus_ms(self.config.policy.bubble_hold_s as u64 * 1000);
+            let until = now.plus_ms(policy::bubble_hold_ms(&self.config.policy, report.presence));
             let mut bubble = vec![i];
             bubble.extend(self.neighbours[i].iter().copied());
             for j in bubble {
@@ -710,9 +710,14 @@ impl ControllerCore {
             class: self.zones[lamp.zone].class_in_force(now, zone_policy),
         };
         let Decision { level_pct, reason } = policy::decide(zone_policy, &situation);
-        let refresh_due = lamp
-            .commanded
-            .is_none_or(|c| now.since(c.at) >= cfg.refresh_s as u64 * 1000);
+        // A presence command carries a hold (below) after which the node falls back to its
+        // fail-safe profile; while the bubble lasts, send it again before that hold ends.
+        let refresh_due = lamp.commanded.is_none_or(|c| {
+            now.since(c.at) >= cfg.refresh_s as u64 * 1000
+                || (reason == Reason::Presence
+                    && c.reason == Reason::Presence
+                    && now.since(c.at) >= zone_policy.bubble_hold_s as u64 * 1000)
+        });
         let changed = lamp.commanded.is_none_or(|c| c.level_pct != level_pct);
         if !changed && !refresh_due {
             return;
@@ -726,7 +731,7 @@ impl ControllerCore {
         // A presence level carries its own hold, so a node drops back by itself should the
         // controller go away while the bubble is up.
         let hold_s = match reason {
-            Reason::Presence => (cfg.policy.bubble_hold_s + 60).min(u16::MAX as u32) as u16,
+            Reason::Presence => (zone_policy.bubble_hold_s + 60).min(u16::MAX as u32) as u16,
             _ => 0,
         };
         let command = Command::SetLevel {

@@ -12,7 +12,12 @@
 //!    class at 100 %, meets the class the zone's demand calls for now ([`ClassInForce`], chosen
 //!    by [`super::classes`] from measured demand and the forecast), reason `schedule` (the class
 //!    for this period) or `forecast` (raised ahead of demand the forecast's upper quantile
-//!    expects within the lead time). When the zone's demand is unknown (no report from its
+//!    expects within the lead time). With presence sensing (`reactive`) that level is what
+//!    road users near the lamp get (the bubble, reason `presence`: the class their demand
+//!    calls for, not the design class), and a lamp with nobody near waits at
+//!    `min_level_pct`; a bubble lasts as long as the slowest kind of road user detected needs
+//!    to pass the next lamp ([`bubble_hold_ms`]). Without presence sensing every lamp holds
+//!    the class's level. When the zone's demand is unknown (no report from its
 //!    lamps for `demand_stale_s`), the fail-safe floor: the night profile, which for
 //!    `adaptive` is the part-night profile the nodes themselves fall back to, reason
 //!    `fail-safe`.
@@ -34,13 +39,13 @@
 //! | `full` | 100 % dusk to dawn |
 //! | `part-night` | 100 % to 22:00, 75 % to 00:00, 50 % to 05:30, 100 % to dawn |
 //! | `reactive` | the minimum level, presence bubbles |
-//! | `adaptive` | the class the demand calls for (CEN/TR 13201-1, UNI 11248), raised ahead of forecast demand, presence bubbles, part-night when demand is unknown |
+//! | `adaptive` | road users get the class their demand calls for (CEN/TR 13201-1, UNI 11248), raised ahead of forecast demand; empty streets wait at the minimum; bubbles held by road-user kind; part-night when demand is unknown |
 //!
 //! `profile-reactive` stays the default so that a deployment without zone parameters
 //! (`[[controller.zones]]`: design class and capacity) keeps its behaviour; `adaptive` needs
 //! them to be right.
 
-use lamplighter_protocol::payload::ProfileStep;
+use lamplighter_protocol::payload::{Presence, ProfileStep};
 use lamplighter_protocol::{LightingClass, UnixMs};
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +69,11 @@ pub struct PolicyConfig {
     pub bubble_level_pct: u8,
     /// How long the bubble holds after the last detection.
     pub bubble_hold_s: u32,
+    /// The hold by the kind of road user detected (pedestrians, cyclists, vehicles), when
+    /// set: a bubble need only last until the slowest of them has passed the next lamp
+    /// (see [`bubble_hold_ms`]); `bubble_hold_s` otherwise. Never longer than `bubble_hold_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bubble_hold_by_user_s: Option<[u32; 3]>,
     /// Neighbours within this distance join the bubble.
     pub bubble_neighbours: usize,
     pub bubble_radius_m: f64,
@@ -118,6 +128,7 @@ impl Default for PolicyConfig {
             min_level_pct: 20,
             bubble_level_pct: 100,
             bubble_hold_s: 90,
+            bubble_hold_by_user_s: None,
             bubble_radius_m: 60.0,
             bubble_neighbours: 4,
             ramp_up_ms: 1_000,
@@ -131,6 +142,33 @@ impl Default for PolicyConfig {
             demand_stale_s: 1_800,
         }
     }
+}
+
+/// `adaptive`'s bubble holds (pedestrians, cyclists, vehicles), seconds: at least the time
+/// the slowest of each (0.8 times 1.4, 5 and 12 m/s) takes from its detection, the sensor's
+/// 20 m before a lamp, to the next lamp up to [`HOLD_COVERS_GAP_M`] further on (street lights
+/// stand 25-40 m apart), so that a road user whose detection at the next lamp is missed still
+/// finds it lit by the bubble of the lamp before.
+pub const ADAPTIVE_HOLD_BY_USER_S: [u32; 3] = [60, 25, 12];
+
+/// The lamp spacing [`ADAPTIVE_HOLD_BY_USER_S`] covers.
+pub const HOLD_COVERS_GAP_M: f64 = 45.0;
+
+/// How long a bubble started by a report with these presence counts holds: the longest hold
+/// of the kinds of road user it counts (a report with no counts: `bubble_hold_s`).
+pub fn bubble_hold_ms(cfg: &PolicyConfig, presence: Presence) -> u64 {
+    let Some(by_user) = cfg.bubble_hold_by_user_s else {
+        return cfg.bubble_hold_s as u64 * 1000;
+    };
+    let counts = [presence.pedestrians, presence.cyclists, presence.vehicles];
+    let hold_s = counts
+        .iter()
+        .zip(by_user)
+        .filter(|(n, _)| **n > 0)
+        .map(|(_, h)| h)
+        .max()
+        .unwrap_or(cfg.bubble_hold_s);
+    hold_s.min(cfg.bubble_hold_s) as u64 * 1000
 }
 
 /// The policies a deployment or a simulation run can choose by name.
@@ -168,6 +206,8 @@ impl PolicyConfig {
             "adaptive" => PolicyConfig {
                 night_profile: part_night_profile(),
                 adaptive: true,
+                bubble_hold_s: ADAPTIVE_HOLD_BY_USER_S[0],
+                bubble_hold_by_user_s: Some(ADAPTIVE_HOLD_BY_USER_S),
                 ..base
             },
             _ => return None,
@@ -185,6 +225,7 @@ struct PolicyToml {
     min_level_pct: Option<u8>,
     bubble_level_pct: Option<u8>,
     bubble_hold_s: Option<u32>,
+    bubble_hold_by_user_s: Option<[u32; 3]>,
     bubble_neighbours: Option<usize>,
     bubble_radius_m: Option<f64>,
     ramp_up_ms: Option<u32>,
@@ -210,6 +251,7 @@ impl TryFrom<PolicyToml> for PolicyConfig {
             min_level_pct: t.min_level_pct.unwrap_or(b.min_level_pct),
             bubble_level_pct: t.bubble_level_pct.unwrap_or(b.bubble_level_pct),
             bubble_hold_s: t.bubble_hold_s.unwrap_or(b.bubble_hold_s),
+            bubble_hold_by_user_s: t.bubble_hold_by_user_s.or(b.bubble_hold_by_user_s),
             bubble_neighbours: t.bubble_neighbours.unwrap_or(b.bubble_neighbours),
             bubble_radius_m: t.bubble_radius_m.unwrap_or(b.bubble_radius_m),
             ramp_up_ms: t.ramp_up_ms.unwrap_or(b.ramp_up_ms),
@@ -412,7 +454,23 @@ pub fn decide(cfg: &PolicyConfig, s: &LampSituation) -> Decision {
         .min_level_pct
         .max(class.map_or(0, |c| c.level_pct()))
         .min(100);
-    if cfg.reactive && s.bubble_until.is_some_and(|t| s.now < t) {
+    let bubble = cfg.reactive && s.bubble_until.is_some_and(|t| s.now < t);
+    if let (true, Some(c)) = (cfg.adaptive && cfg.reactive, class) {
+        // Adaptive with presence: road users near the lamp get the class their demand calls
+        // for now, no more; with nobody near, the lamp waits at the minimum, ready to rise.
+        return if bubble {
+            Decision {
+                level_pct: floor,
+                reason: Reason::Presence,
+            }
+        } else {
+            Decision {
+                level_pct: cfg.min_level_pct.min(floor),
+                reason: c.reason,
+            }
+        };
+    }
+    if bubble {
         return Decision {
             level_pct: cfg.bubble_level_pct.max(floor),
             reason: Reason::Presence,
@@ -582,69 +640,83 @@ mod tests {
     }
 
     #[test]
-    fn adaptive_lights_for_the_class_in_force() {
+    fn adaptive_lights_road_users_for_the_class_in_force() {
         use LightingClass::{M, P};
         let cfg = PolicyConfig::named("adaptive").unwrap();
+        let near = Some(at(2, 1));
+        // A road user near the lamp (a bubble) at 02:00, in a zone whose demand calls for
+        // `c`.
         let with = |c: Option<ClassInForce>| LampSituation {
             class: c,
+            bubble_until: near,
             ..situation(at(2, 0))
+        };
+        let empty = |c: Option<ClassInForce>| LampSituation {
+            bubble_until: None,
+            ..with(c)
         };
         let o = Some(Override {
             level_pct: 10,
             until: at(3, 0),
         });
         let cases = [
-            // Each lamp's level from its design class at 100 %.
+            // Road users get the level at which the lamp, designed for its class at 100 %,
+            // meets the class their demand calls for now: no more.
             (
                 with(class(P(4), P(4), Reason::Schedule)),
                 100,
-                Reason::Schedule,
+                Reason::Presence,
             ),
             (
                 with(class(P(4), P(5), Reason::Schedule)),
                 60,
-                Reason::Schedule,
+                Reason::Presence,
             ),
             (
                 with(class(P(4), P(6), Reason::Schedule)),
                 40,
-                Reason::Schedule,
+                Reason::Presence,
             ),
             (
                 with(class(M(3), M(4), Reason::Schedule)),
                 75,
-                Reason::Schedule,
+                Reason::Presence,
             ),
             (
                 with(class(M(3), M(5), Reason::Schedule)),
                 50,
+                Reason::Presence,
+            ),
+            // Nobody near: the lamp waits at the minimum, ready to rise, whatever the class;
+            // the reason is the class's (schedule, or forecast when raised ahead of demand).
+            (
+                empty(class(P(4), P(6), Reason::Schedule)),
+                20,
                 Reason::Schedule,
             ),
-            // Raised ahead of demand: the forecast is the reason.
+            (
+                empty(class(M(3), M(3), Reason::Forecast)),
+                20,
+                Reason::Forecast,
+            ),
+            // Raised ahead of demand, with road users near: the forecast's class.
             (
                 with(class(M(3), M(3), Reason::Forecast)),
                 100,
-                Reason::Forecast,
+                Reason::Presence,
             ),
-            // Demand unknown: the fail-safe floor, part-night (50 % at 02:00).
-            (with(None), 50, Reason::FailSafe),
+            // Demand unknown: the fail-safe floor, part-night (50 % at 02:00, 75 % at 23:00),
+            // and a bubble at the bubble level (the class is not known).
+            (empty(None), 50, Reason::FailSafe),
             (
                 LampSituation {
                     now: at(23, 0),
-                    ..with(None)
+                    ..empty(None)
                 },
                 75,
                 Reason::FailSafe,
             ),
-            // The bubble over the class.
-            (
-                LampSituation {
-                    bubble_until: Some(at(2, 1)),
-                    ..with(class(P(4), P(6), Reason::Schedule))
-                },
-                100,
-                Reason::Presence,
-            ),
+            (with(None), 100, Reason::Presence),
             // The override wins, even below the class in force.
             (
                 LampSituation {
@@ -666,36 +738,90 @@ mod tests {
         ];
         check(&cfg, &cases);
 
-        // The minimum level is a floor under the class.
+        // The minimum level is a floor under the class, with or without road users.
         let cfg = PolicyConfig {
             min_level_pct: 55,
             ..cfg
         };
         check(
             &cfg,
-            &[(
-                with(class(P(4), P(6), Reason::Schedule)),
-                55,
-                Reason::Schedule,
-            )],
+            &[
+                (
+                    with(class(P(4), P(6), Reason::Schedule)),
+                    55,
+                    Reason::Presence,
+                ),
+                (
+                    empty(class(P(4), P(6), Reason::Schedule)),
+                    55,
+                    Reason::Schedule,
+                ),
+            ],
         );
-        // A bubble set below the class never dims below it.
+        // Without presence sensing (`reactive = false`) the lamps hold the class in force.
         let cfg = PolicyConfig {
-            bubble_level_pct: 60,
+            reactive: false,
             min_level_pct: 20,
             ..cfg
         };
         check(
             &cfg,
-            &[(
-                LampSituation {
-                    bubble_until: Some(at(2, 1)),
-                    ..with(class(M(3), M(4), Reason::Schedule))
-                },
-                75,
-                Reason::Presence,
-            )],
+            &[
+                (
+                    empty(class(M(3), M(4), Reason::Schedule)),
+                    75,
+                    Reason::Schedule,
+                ),
+                (
+                    with(class(P(4), P(6), Reason::Forecast)),
+                    40,
+                    Reason::Forecast,
+                ),
+            ],
         );
+    }
+
+    #[test]
+    fn bubbles_hold_as_long_as_the_slowest_road_user_detected_needs() {
+        let adaptive = PolicyConfig::named("adaptive").unwrap();
+        let p = |pedestrians, cyclists, vehicles| Presence {
+            pedestrians,
+            cyclists,
+            vehicles,
+        };
+        let [walk, cycle, drive] = ADAPTIVE_HOLD_BY_USER_S.map(|s| s as u64 * 1000);
+        // (presence counts, hold)
+        let cases = [
+            (p(0, 0, 1), drive),
+            (p(0, 0, 9), drive),
+            (p(0, 2, 0), cycle),
+            (p(1, 0, 0), walk),
+            (p(0, 1, 3), cycle),
+            (p(1, 1, 1), walk),
+            // A report with nothing counted: the policy's bubble hold.
+            (p(0, 0, 0), adaptive.bubble_hold_s as u64 * 1000),
+        ];
+        for (presence, want) in cases {
+            assert_eq!(bubble_hold_ms(&adaptive, presence), want, "{presence:?}");
+        }
+        assert!(drive < cycle && cycle < walk);
+        // Each hold covers the sensor range and the next lamp at the slowest speed.
+        for (hold_ms, slowest_mps) in [(walk, 0.8 * 1.4), (cycle, 0.8 * 5.0), (drive, 0.8 * 12.0)] {
+            let need_s = (20.0 + HOLD_COVERS_GAP_M) / slowest_mps;
+            assert!(
+                hold_ms as f64 / 1000.0 >= need_s,
+                "{hold_ms} ms < {need_s} s"
+            );
+        }
+        // Policies without holds by road user: the one hold for all.
+        let reactive = PolicyConfig::named("reactive").unwrap();
+        assert_eq!(bubble_hold_ms(&reactive, p(0, 0, 1)), 90_000);
+        // Never longer than `bubble_hold_s`.
+        let short = PolicyConfig {
+            bubble_hold_s: 10,
+            ..adaptive
+        };
+        assert_eq!(bubble_hold_ms(&short, p(1, 0, 0)), 10_000);
     }
 
     #[test]
@@ -924,7 +1050,10 @@ mod tests {
             let overridden = s.override_.is_some_and(|o| s.now < o.until);
             if s.dark && !overridden {
                 prop_assert!(d.level_pct >= cfg.min_level_pct, "{d:?}");
-                if cfg.adaptive {
+                // Road users near a lamp (a bubble) always get the class in force; so does
+                // every lamp when presence is not sensed.
+                let bubble = cfg.reactive && s.bubble_until.is_some_and(|t| s.now < t);
+                if cfg.adaptive && (bubble || !cfg.reactive) {
                     if let Some(c) = s.class {
                         prop_assert!(d.level_pct >= c.level_pct(), "{d:?} {c:?}");
                     }

@@ -265,7 +265,13 @@ fn duplicate_dev_addrs_are_refused() {
 /// One lamp per zone 0..n on an M3 road carrying 600 road users per hour.
 fn adaptive_core(n: u32) -> ControllerCore {
     let config = ControllerConfig {
-        policy: PolicyConfig::named("adaptive").unwrap(),
+        // Without presence sensing every lamp holds the class in force, so these tests read
+        // the class off the lamps' levels (with it, empty streets wait at the minimum:
+        // policy.rs's tables, and the test of adaptive with presence below).
+        policy: PolicyConfig {
+            reactive: false,
+            ..PolicyConfig::named("adaptive").unwrap()
+        },
         zones: vec![ZoneParams {
             tenant: None,
             zone: ZoneId(0),
@@ -366,24 +372,30 @@ fn the_class_drops_after_two_quiet_intervals_and_rises_at_once() {
     assert_eq!(out[0].ramp_ms, c.config().policy.ramp_down_ms / 2);
     assert_eq!(zone0(&c, t).demand.class, Some(LightingClass::M(5)));
 
-    // Mid-interval, one lamp counts 255 pedestrians: over the zone's 10 lamps in 10 minutes
-    // that is already 153 per hour, 25.5 % of capacity: M4 at once, not at the interval's end.
+    // Two minutes into an interval, one lamp counts 100 pedestrians: over the zone's 10
+    // lamps and the shortest window the flow is measured over (demand::RISE_WINDOW_S, 3
+    // minutes) that is already 200 per hour, 33 % of capacity: M4 at once, not at the
+    // interval's end.
     let t = NIGHT.plus_ms(22 * MIN);
-    send(&mut c, &mut fcnt, 0, t, pedestrians(255));
+    send(&mut c, &mut fcnt, 0, t, pedestrians(100));
     let out = last_by_lamp(&drain(&mut c));
-    assert_eq!(out[&0], (100, Reason::Presence), "the bubble");
+    assert_eq!(
+        out[&0],
+        (75, Reason::Schedule),
+        "no bubble without presence sensing: the class"
+    );
     assert_eq!(
         out[&5],
         (75, Reason::Schedule),
         "the class: M4 is 75 % of M3"
     );
     assert_eq!(zone0(&c, t).demand.class, Some(LightingClass::M(4)));
-    // Another 255: 306 per hour, 51 %: the design class.
-    send(&mut c, &mut fcnt, 9, t, pedestrians(255));
+    // Another 100: 400 per hour, 67 %: the design class, on every lamp.
+    send(&mut c, &mut fcnt, 9, t, pedestrians(100));
     let out = last_by_lamp(&drain(&mut c));
-    assert_eq!(out.len(), 7, "lamps 0-2 are in the first bubble already");
-    assert_eq!(out[&9], (100, Reason::Presence));
-    assert_eq!(out[&4], (100, Reason::Schedule), "the class, not a bubble");
+    assert_eq!(out.len(), 10);
+    assert_eq!(out[&9], (100, Reason::Schedule));
+    assert_eq!(out[&4], (100, Reason::Schedule));
     assert_eq!(zone0(&c, t).demand.class, Some(LightingClass::M(3)));
 }
 
@@ -475,7 +487,75 @@ fn overrides_win_over_the_adaptive_policy_until_they_expire() {
         "presence does not break an override"
     );
     c.handle_tick(NIGHT.plus_ms(MIN));
-    assert_eq!(last_by_lamp(&drain(&mut c))[&0], (100, Reason::Presence));
+    assert_eq!(last_by_lamp(&drain(&mut c))[&0], (100, Reason::Schedule));
+}
+
+#[test]
+fn adaptive_lights_road_users_for_their_class_and_keeps_the_node_in_the_bubble() {
+    let config = ControllerConfig {
+        policy: PolicyConfig::named("adaptive").unwrap(),
+        zones: vec![ZoneParams {
+            tenant: None,
+            zone: ZoneId(0),
+            design_class: LightingClass::M(3),
+            capacity_per_h: 600.0,
+        }],
+        ..ControllerConfig::default()
+    };
+    let mut c = ControllerCore::new(config, (0..10).map(node).collect()).unwrap();
+    let mut fcnt = vec![0; 10];
+    for i in 0..10 {
+        send(&mut c, &mut fcnt, i, NIGHT, Presence::default());
+    }
+    // Demand known, the design class M3 in force; nobody near: every lamp at the minimum.
+    c.handle_tick(NIGHT.plus_ms(1_000));
+    let out = last_by_lamp(&drain(&mut c));
+    assert!(
+        out.values().all(|&o| o == (20, Reason::Schedule)),
+        "{out:?}"
+    );
+    // A pedestrian at lamp 4: it and its neighbours rise to the class in force (M3, 100 %),
+    // the rest of the street stays at the minimum.
+    let t = NIGHT.plus_ms(2_000);
+    send(&mut c, &mut fcnt, 4, t, pedestrians(1));
+    let out = last_by_lamp(&drain(&mut c));
+    assert_eq!(out[&4], (100, Reason::Presence));
+    assert!(out.len() >= 3 && out.len() <= 5, "{out:?}");
+    assert!(!out.contains_key(&0) && !out.contains_key(&9));
+    // The pedestrian lingers by lamp 4: the bubble outlasts the hold its command carried, so
+    // the command is sent again before the node's own hold ends.
+    let hold_s = c.config().policy.bubble_hold_s as u64;
+    let mut resent = false;
+    for k in 1..=12u64 {
+        let t = t.plus_ms(k * 10_000);
+        send(&mut c, &mut fcnt, 4, t, pedestrians(1));
+        c.handle_tick(t.plus_ms(1));
+        resent |= drain(&mut c)
+            .iter()
+            .any(|o| o.lamp.0 == 4 && o.reason == Reason::Presence);
+        if k * 10 >= hold_s + 10 {
+            break;
+        }
+    }
+    assert!(resent, "presence command resent within the node's hold");
+    // A vehicle's bubble is short: after its hold and no more detections, back to the
+    // minimum.
+    let t = t.plus_ms(10 * MIN);
+    c.handle_tick(t);
+    drain(&mut c);
+    send(
+        &mut c,
+        &mut fcnt,
+        0,
+        t,
+        Presence {
+            vehicles: 1,
+            ..Presence::default()
+        },
+    );
+    assert_eq!(last_by_lamp(&drain(&mut c))[&0].1, Reason::Presence);
+    c.handle_tick(t.plus_ms(20_000));
+    assert_eq!(last_by_lamp(&drain(&mut c))[&0].0, 20);
 }
 
 #[test]

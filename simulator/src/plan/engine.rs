@@ -17,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::faults::{Fault, FaultScenario, InvariantReport};
 use super::profile::DemandProfile;
+use super::radio::{Radio, RadioConfig, RadioReport};
 use super::{LinkConfig, LossMode};
 
 const MIN_MS: u64 = 60_000;
@@ -42,6 +43,15 @@ pub(crate) fn speed_mps(who: RoadUser) -> f64 {
         RoadUser::Pedestrian => 1.4,
         RoadUser::Cyclist => 5.0,
         RoadUser::Vehicle => 12.0,
+    }
+}
+
+/// Index of a road user's kind in [`USERS`].
+fn user_index(who: RoadUser) -> usize {
+    match who {
+        RoadUser::Pedestrian => 0,
+        RoadUser::Cyclist => 1,
+        RoadUser::Vehicle => 2,
     }
 }
 
@@ -98,12 +108,16 @@ pub(crate) struct Shared<'a> {
     pub utc_offset_min: i32,
     pub tick_ms: u64,
     pub link: LinkConfig,
+    /// The LoRa radio nodes use (`None`: IP nodes over `link`).
+    pub radio: Option<RadioConfig>,
     pub faults: FaultScenario,
     pub seed: u64,
     pub zones: Vec<ZoneInfo>,
     pub events: Vec<TrafficEvent>,
     /// Darkness at the town centre per minute, from `start - 10 min`.
     dark: Vec<bool>,
+    /// [`Shared::judged`] per minute, on the same grid.
+    judged: Vec<bool>,
     pub keys: Vec<SessionKeys>,
     pub power: Vec<LedPowerModel>,
     pub tenant: TenantId,
@@ -185,8 +199,17 @@ impl<'a> Shared<'a> {
         // Darkness per minute at the centre, with margins either side of the run.
         let first = start.saturating_sub(10 * MIN_MS);
         let minutes = (end + 10 * MIN_MS - first) / MIN_MS + 1;
-        let dark = (0..minutes)
+        let dark: Vec<bool> = (0..minutes)
             .map(|m| sun::is_dark(centre.0, centre.1, UnixMs(first + m * MIN_MS)))
+            .collect();
+        let margin = (TWILIGHT_MARGIN_MS / MIN_MS) as usize;
+        let judged = (0..dark.len())
+            .map(|m| {
+                dark[m]
+                    && m >= margin
+                    && dark[m - margin]
+                    && dark.get(m + margin).copied().unwrap_or(false)
+            })
             .collect();
         let keys = (0..town.lamps.len())
             .map(|_| {
@@ -213,11 +236,13 @@ impl<'a> Shared<'a> {
             utc_offset_min,
             tick_ms,
             link,
+            radio: None,
             faults,
             seed,
             zones,
             events: Vec::new(),
             dark,
+            judged,
             keys,
             power,
             tenant,
@@ -362,9 +387,18 @@ impl<'a> Shared<'a> {
     /// Whether a lamp must meet its required level now: dark, and not within the twilight
     /// margin of lighting-up or switch-off.
     pub fn judged(&self, t: u64) -> bool {
-        self.dark_at(t)
-            && self.dark_at(t.saturating_sub(TWILIGHT_MARGIN_MS))
-            && self.dark_at(t + TWILIGHT_MARGIN_MS)
+        // The margin is whole minutes, so the answer is one per minute: looked up, not
+        // worked out three times per passage.
+        let first = self.start.saturating_sub(10 * MIN_MS);
+        let m = (t.saturating_sub(first) / MIN_MS) as usize;
+        match self.judged.get(m) {
+            Some(&j) if t >= first + TWILIGHT_MARGIN_MS => j,
+            _ => {
+                self.dark_at(t)
+                    && self.dark_at(t.saturating_sub(TWILIGHT_MARGIN_MS))
+                    && self.dark_at(t + TWILIGHT_MARGIN_MS)
+            }
+        }
     }
 
     /// Expected road users per hour of each kind passing a point of zone `z` at `t`.
@@ -430,6 +464,8 @@ enum Ev {
     Tick,
     Wake(u32),
     Up(u32, Vec<u8>),
+    /// An uplink over the LoRa radio, with its slot in [`Radio`] (lost or not).
+    UpRadio(u32, u32, Vec<u8>),
     Down(u32, Vec<u8>),
     Slot,
     Detect(u32, RoadUser),
@@ -498,6 +534,8 @@ pub(crate) struct Outcome {
     pub passages: u64,
     pub judged: BTreeMap<&'static str, u64>,
     pub underlit: BTreeMap<&'static str, u64>,
+    pub underlit_by_cause: BTreeMap<&'static str, u64>,
+    pub radio: Option<RadioReport>,
     pub late_rise_passages: u64,
     pub late_rise_s: f64,
     pub level_changes: u64,
@@ -534,8 +572,25 @@ pub(crate) struct Sim<'s, 'a> {
     pending_heal: Option<u64>,
     floor_by_minute: Vec<u8>,
     zone_passages: [u64; 2],
+    /// Judged and under-lit passages by road user (index: [`user_index`]), counted here and
+    /// put into the outcome's maps at the end.
+    judged_by_user: [u64; 3],
+    underlit_by_user: [u64; 3],
+    /// Under-lit passages by cause, in the order of [`UNDERLIT_CAUSES`].
+    underlit_by_cause: [u64; 4],
+    /// The LoRa radio, when the run models one (IP nodes otherwise).
+    radio: Option<Radio>,
     out: Outcome,
 }
+
+/// Why a passage was under-lit: the node was dead, ran its fail-safe profile, was still
+/// rising to a level that would have been enough, or was commanded below the requirement.
+pub(crate) const UNDERLIT_CAUSES: [&str; 4] = [
+    "node-dead",
+    "node-fail-safe",
+    "still-rising",
+    "commanded-below",
+];
 
 impl<'s, 'a> Sim<'s, 'a> {
     pub fn new(sh: &'s Shared<'a>, policy: PolicyConfig) -> Self {
@@ -607,6 +662,10 @@ impl<'s, 'a> Sim<'s, 'a> {
             pending_heal: None,
             floor_by_minute,
             zone_passages: [0; 2],
+            judged_by_user: [0; 3],
+            underlit_by_user: [0; 3],
+            underlit_by_cause: [0; 4],
+            radio: sh.radio.as_ref().map(|c| Radio::new(c, sh.town)),
             out: Outcome {
                 energy_by_hour_wh: vec![0.0; hours.max(1)],
                 busy: series(sh.busy_zone),
@@ -675,6 +734,24 @@ impl<'s, 'a> Sim<'s, 'a> {
             self.account(i, end);
         }
         progress(1.0);
+        for (k, who) in USERS.iter().enumerate() {
+            if self.judged_by_user[k] > 0 {
+                self.out
+                    .judged
+                    .insert(user_name(*who), self.judged_by_user[k]);
+            }
+            if self.underlit_by_user[k] > 0 {
+                self.out
+                    .underlit
+                    .insert(user_name(*who), self.underlit_by_user[k]);
+            }
+        }
+        for (k, cause) in UNDERLIT_CAUSES.iter().enumerate() {
+            self.out
+                .underlit_by_cause
+                .insert(cause, self.underlit_by_cause[k]);
+        }
+        self.out.radio = self.radio.take().map(Radio::finish);
         self.out.energy_wh = self.out.energy_by_hour_wh.iter().sum();
         self.out
     }
@@ -710,6 +787,13 @@ impl<'s, 'a> Sim<'s, 'a> {
                     core.handle_timeout(nn);
                 });
                 self.check_floor(i, now);
+            }
+            Ev::UpRadio(i, slot, frame) => {
+                if self.radio.as_ref().is_some_and(|r| r.uplink_lost(slot)) {
+                    self.out.packets_lost += 1;
+                    return;
+                }
+                self.handle(now, Ev::Up(i, frame));
             }
             Ev::Up(i, frame) => {
                 let Some(c) = self.ctrl.as_mut() else {
@@ -762,8 +846,14 @@ impl<'s, 'a> Sim<'s, 'a> {
             let i = o.lamp.0 as usize;
             self.last_cmd[i] = Some(o.level_pct);
             self.out.downlinks_sent += 1;
-            if let Some(t) = self.link_delay(now) {
-                self.push(t, Ev::Down(i as u32, o.frame));
+            let arrives = match self.radio.as_mut() {
+                Some(r) => r.send_downlink(i, now, o.frame.len()),
+                None => self.link_delay(now),
+            };
+            match arrives {
+                Some(t) => self.push(t, Ev::Down(i as u32, o.frame)),
+                None if self.radio.is_some() => self.out.packets_lost += 1,
+                None => {}
             }
         }
     }
@@ -875,7 +965,11 @@ impl<'s, 'a> Sim<'s, 'a> {
         }
         for frame in frames {
             self.out.uplinks_sent += 1;
-            if let Some(t) = self.link_delay(now) {
+            if let Some(r) = self.radio.as_mut() {
+                let channel = self.link_rng.gen_range(0..3);
+                let on_air = r.send_uplink(i, now, frame.len(), channel);
+                self.push(on_air.arrives_ms, Ev::UpRadio(i as u32, on_air.slot, frame));
+            } else if let Some(t) = self.link_delay(now) {
                 self.push(t, Ev::Up(i as u32, frame));
             }
         }
@@ -1084,8 +1178,8 @@ impl<'s, 'a> Sim<'s, 'a> {
             self.zone_passages[1] += 1;
         }
         if self.sh.judged(now) {
-            let name = user_name(step.who);
-            *self.out.judged.entry(name).or_default() += 1;
+            let who = user_index(step.who);
+            self.judged_by_user[who] += 1;
             let required = self.sh.required_pct(z, now);
             let nn = self.sh.node_now(i, now);
             let n = &self.nodes[i];
@@ -1095,7 +1189,18 @@ impl<'s, 'a> Sim<'s, 'a> {
                 (0.0, 0.0)
             };
             if level + 0.5 < required {
-                *self.out.underlit.entry(name).or_default() += 1;
+                self.underlit_by_user[who] += 1;
+                // Why, so that a policy's exposure can be traced to its cause.
+                let cause = if !n.alive {
+                    0
+                } else if n.core.mode(nn) == NodeMode::FailSafe {
+                    1
+                } else if target + 0.5 >= required {
+                    2
+                } else {
+                    3
+                };
+                self.underlit_by_cause[cause] += 1;
             }
             if level + 0.01 < target {
                 let later = n.core.level_pct(nn.plus_ms(100));

@@ -101,6 +101,7 @@ mod bench;
 mod engine;
 pub mod faults;
 pub mod profile;
+pub mod radio;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -198,6 +199,8 @@ pub struct PlanOptions {
     pub threads: usize,
     /// Add `full` and `part-night` when missing (true by default; the savings need them).
     pub baselines: bool,
+    /// Nodes on a LoRaWAN radio ([`radio`]) instead of the IP `link` (default: IP).
+    pub radio: Option<radio::RadioConfig>,
 }
 
 impl Default for PlanOptions {
@@ -221,6 +224,7 @@ impl Default for PlanOptions {
             data_dir: None,
             threads: 0,
             baselines: true,
+            radio: None,
         }
     }
 }
@@ -337,7 +341,7 @@ pub fn run_town(
         .utc_offset_min
         .unwrap_or_else(|| ((town.centre().1 / 15.0).round() * 60.0) as i32);
     let start = opts.start.unwrap_or(DEFAULT_START).0;
-    let shared = engine::Shared::new(
+    let mut shared = engine::Shared::new(
         town,
         &profile,
         start,
@@ -349,6 +353,7 @@ pub fn run_town(
         opts.faults.clone(),
         opts.demand_scale,
     );
+    shared.radio = opts.radio.clone();
     let configs: Vec<PolicyConfig> = policies
         .iter()
         .map(|p| {

@@ -26,6 +26,8 @@ pub struct Parameters {
     pub tick_s: u32,
     pub demand_scale: f64,
     pub link: LinkConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub radio: Option<super::radio::RadioConfig>,
     pub faults: FaultScenario,
     /// The rules the figures follow, in words (see the crate docs).
     pub rules: BTreeMap<&'static str, &'static str>,
@@ -69,6 +71,10 @@ pub struct Exposure {
     /// underlit / judged (0 when nothing was judged).
     pub share: f64,
     pub by_road_user: BTreeMap<String, ExposureCount>,
+    /// Under-lit passages by cause: `node-dead`, `node-fail-safe` (the node ran its own
+    /// fail-safe profile), `still-rising` (ramping up to a level that would have been
+    /// enough), `commanded-below` (its command was below the requirement).
+    pub underlit_by_cause: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -105,6 +111,10 @@ pub struct PolicyReport {
     pub busy_zone: ZoneSeries,
     pub quiet_zone: ZoneSeries,
     pub invariants: InvariantReport,
+    /// The LoRa radio's figures (absent for IP nodes): downlink airtime per gateway,
+    /// collisions and duty-cycle drops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub radio: Option<super::radio::RadioReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -149,8 +159,10 @@ fn rules() -> BTreeMap<&'static str, &'static str> {
         ),
         (
             "link",
-            "IP link: uniform latency; Retransmit loss adds a TCP retransmission timeout, Drop \
-             loses the packet; LoRa radio not modelled",
+            "IP link (default): uniform latency; Retransmit loss adds a TCP retransmission \
+             timeout, Drop loses the packet. With `radio`: LoRaWAN EU868, nearest gateway on a \
+             grid, SF by path loss, Semtech airtime, LoRaSim collisions with 6 dB capture, 1 % \
+             node and 10 % RX2 gateway duty cycles (plan::radio)",
         ),
     ])
 }
@@ -221,6 +233,11 @@ pub(crate) fn build(
                     underlit_passages: underlit,
                     share: share(underlit, judged),
                     by_road_user,
+                    underlit_by_cause: o
+                        .underlit_by_cause
+                        .iter()
+                        .map(|(k, &v)| (k.to_string(), v))
+                        .collect(),
                 },
                 late_rises: LateRises {
                     passages: o.late_rise_passages,
@@ -246,6 +263,7 @@ pub(crate) fn build(
                 busy_zone: o.busy,
                 quiet_zone: o.quiet,
                 invariants: o.invariants,
+                radio: o.radio,
             },
         );
     }
@@ -263,6 +281,7 @@ pub(crate) fn build(
             tick_s: opts.tick_s,
             demand_scale: opts.demand_scale,
             link: opts.link.clone(),
+            radio: opts.radio.clone(),
             faults: opts.faults.clone(),
             rules: rules(),
         },
