@@ -17,7 +17,7 @@ use clap::Args;
 use lamplighter_controller::store::Store;
 use lamplighter_protocol::time::ScaledClock;
 use lamplighter_simulator::demand::PeakRates;
-use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown};
+use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown, LorawanAir};
 
 #[derive(Args)]
 pub struct LiveArgs {
@@ -42,7 +42,18 @@ pub struct LiveArgs {
     pub peak_per_h: f64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Send the nodes' frames by LoRaWAN radio to simulated gateways, which forward them to
+    /// the gateway bridge at this address (Semtech UDP; `udp_listen` of the running serve).
+    #[arg(long)]
+    pub udp: Option<std::net::SocketAddr>,
+    /// Simulated gateways with --udp (registered in the data dir's lorawan.sqlite).
+    #[arg(long, default_value_t = 2)]
+    pub gateways: u16,
 }
+
+/// `sim live --udp` numbers its gateways up from this EUI (a made-up private range, apart
+/// from the demo's).
+const LIVE_GATEWAY_EUI: u64 = 0xAA55_5A00_0001_0000;
 
 pub async fn live(args: LiveArgs) -> Result<()> {
     anyhow::ensure!(
@@ -65,10 +76,19 @@ pub async fn live(args: LiveArgs) -> Result<()> {
     );
     let tenant = nodes[0].node.tenant.clone();
     let lamps = nodes.len();
+    // Over LoRaWAN, nodes hold their zone's multicast group, as the bridge of the running
+    // system made it in the same data dir.
+    let groups = match args.udp {
+        Some(_) => crate::lorawan_system::zone_groups(&args.data_dir, &nodes)?,
+        None => Vec::new(),
+    };
     let live: Vec<LiveNode> = nodes
         .into_iter()
         .filter(|s| s.node.tenant == tenant)
-        .map(LiveNode::resuming)
+        .map(|s| LiveNode {
+            multicast: crate::lorawan_system::zone_sessions(&groups, &s),
+            ..LiveNode::resuming(s)
+        })
         .collect();
     let share = args.peak_per_h / 80.0;
     let peak = PeakRates {
@@ -77,20 +97,45 @@ pub async fn live(args: LiveArgs) -> Result<()> {
         vehicles_per_h: 40.0 * share,
     };
     let clock = ScaledClock::system();
-    let town = LiveTown::spawn(
-        live,
-        LiveConfig {
-            mqtt_host: args.mqtt_host.clone(),
-            mqtt_port: args.mqtt_port,
-            tenant,
-            clock,
-            report_interval_s: args.report_interval_s,
-            silence_timeout_s: 900,
-            utc_offset_min: 0,
-            demand: Some(peak),
-            seed: args.seed,
-        },
-    );
+    let config = LiveConfig {
+        mqtt_host: args.mqtt_host.clone(),
+        mqtt_port: args.mqtt_port,
+        tenant,
+        clock,
+        report_interval_s: args.report_interval_s,
+        silence_timeout_s: 900,
+        utc_offset_min: 0,
+        demand: Some(peak),
+        seed: args.seed,
+    };
+    let town = match args.udp {
+        Some(bridge) => {
+            anyhow::ensure!(args.gateways > 0, "--gateways must be at least 1");
+            let registry = lamplighter_broker::gateways::GatewayRegistry::open(&args.data_dir)?;
+            let mut gateways = Vec::new();
+            for i in 0..args.gateways {
+                let eui = lamplighter_broker::gwmp::GatewayEui(LIVE_GATEWAY_EUI + u64::from(i));
+                registry.add(eui, clock.now().0, Some("sim live gateway"))?;
+                gateways.push(eui);
+            }
+            LiveTown::spawn_lorawan(
+                live,
+                config,
+                LorawanAir {
+                    bridge,
+                    gateways,
+                    // SF7: lamps in a town are near a gateway.
+                    data_rate: lamplighter_protocol::lorawan::radio::DataRate {
+                        sf: 7,
+                        bw_khz: 125,
+                    },
+                },
+            )
+            .await
+            .context("cannot start the simulated gateways")?
+        }
+        None => LiveTown::spawn(live, config),
+    };
     let started = Instant::now();
     tokio::time::sleep(args.run_for).await;
     let wall_s = started.elapsed().as_secs_f64();
