@@ -179,19 +179,9 @@ async fn every_point_reaches_the_server_once_across_a_server_outage() {
     let (system, nodes) = system::start(&config, dir.path(), clock).await.unwrap();
     let live = nodes
         .iter()
-        .map(|s| LiveNode {
-            dev_eui: s.node.dev_eui,
-            dev_addr: s.node.dev_addr,
-            keys: s.node.keys,
-            lat: s.node.lat,
-            lon: s.node.lon,
-            rated_power_w: s.node.rated_power_w,
-            mqtt_username: s.mqtt_username.clone(),
-            mqtt_password: s.mqtt_password.clone(),
-            fcnt_up: 0,
-            energy_wh: 0.0,
-            multicast: Vec::new(),
-        })
+        .cloned()
+        // Freshly provisioned: the node starts at FCnt 0 with an empty meter.
+        .map(LiveNode::resuming)
         .collect();
     let town = LiveTown::spawn(
         live,
