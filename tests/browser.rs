@@ -223,13 +223,21 @@ impl Browser {
         }
     }
 
-    fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
+    fn try_cmd(&self, method: &str, path: &str, body: &Value) -> Result<Value, String> {
         let path = format!("/session/{}{path}", self.session);
         let body = (method != "GET").then(|| body.to_string());
         let (status, text) = http(self.driver, method, &path, &[], body.as_deref());
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        assert_eq!(status, 200, "WebDriver {method} {path}: {text}");
-        v["value"].clone()
+        if status == 200 {
+            Ok(v["value"].clone())
+        } else {
+            Err(format!("WebDriver {method} {path}: {status} {text}"))
+        }
+    }
+
+    fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
+        self.try_cmd(method, path, &body)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn goto(&self, url: &str) {
@@ -245,32 +253,43 @@ impl Browser {
         v[ELEMENT].as_str().unwrap().to_string()
     }
 
+    /// Runs `method` on the element `css` selects. The page re-renders its tables and panels
+    /// on every live update, so an element found a moment ago can be replaced before the
+    /// command reaches it ("stale element reference"); the element is then found afresh.
+    fn on_element(&self, css: &str, method: &str, action: &str, body: Value) -> Value {
+        let mut last_error = String::new();
+        for _ in 0..20 {
+            let el = self.find(css);
+            match self.try_cmd(method, &format!("/element/{el}/{action}"), &body) {
+                Ok(v) => return v,
+                Err(e) if e.contains("stale element reference") => {
+                    last_error = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{css} kept going stale: {last_error}")
+    }
+
     fn click(&self, css: &str) {
-        let el = self.find(css);
-        self.cmd("POST", &format!("/element/{el}/click"), json!({}));
+        self.on_element(css, "POST", "click", json!({}));
     }
 
     fn clear_and_type(&self, css: &str, text: &str) {
-        let el = self.find(css);
-        self.cmd("POST", &format!("/element/{el}/clear"), json!({}));
-        self.cmd(
-            "POST",
-            &format!("/element/{el}/value"),
-            json!({ "text": text }),
-        );
+        self.on_element(css, "POST", "clear", json!({}));
+        self.on_element(css, "POST", "value", json!({ "text": text }));
     }
 
     fn text(&self, css: &str) -> String {
-        let el = self.find(css);
-        self.cmd("GET", &format!("/element/{el}/text"), json!({}))
+        self.on_element(css, "GET", "text", json!({}))
             .as_str()
             .unwrap_or("")
             .to_string()
     }
 
     fn displayed(&self, css: &str) -> bool {
-        let el = self.find(css);
-        self.cmd("GET", &format!("/element/{el}/displayed"), json!({}))
+        self.on_element(css, "GET", "displayed", json!({}))
             .as_bool()
             .unwrap_or(false)
     }
