@@ -1,7 +1,6 @@
 //! The event-driven run of one policy: nodes, controller, link and road users in virtual time.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 
 use lamplighter_controller::core::policy::PolicyConfig;
 use lamplighter_controller::core::ZoneParams;
@@ -17,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::faults::{Fault, FaultScenario, InvariantReport};
 use super::profile::DemandProfile;
+use super::queue::EventQueue;
 use super::radio::{Radio, RadioConfig, RadioReport};
 use super::{LinkConfig, LossMode};
 
@@ -476,29 +476,6 @@ enum Ev {
     ConvergeCheck(u64),
 }
 
-struct Item {
-    t: u64,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Item {
-    fn eq(&self, o: &Self) -> bool {
-        self.t == o.t && self.seq == o.seq
-    }
-}
-impl Eq for Item {}
-impl PartialOrd for Item {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Item {
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.t, o.seq).cmp(&(self.t, self.seq))
-    }
-}
-
 struct Node {
     core: NodeCore,
     alive: bool,
@@ -556,8 +533,7 @@ pub(crate) struct Outcome {
 pub(crate) struct Sim<'s, 'a> {
     sh: &'s Shared<'a>,
     policy: PolicyConfig,
-    heap: BinaryHeap<Item>,
-    seq: u64,
+    queue: EventQueue<Ev>,
     nodes: Vec<Node>,
     ctrl: Option<ControllerCore>,
     provisioned: Vec<ProvisionedNode>,
@@ -647,8 +623,7 @@ impl<'s, 'a> Sim<'s, 'a> {
         };
         let mut sim = Sim {
             sh,
-            heap: BinaryHeap::new(),
-            seq: 0,
+            queue: EventQueue::new(sh.start),
             nodes,
             ctrl,
             provisioned,
@@ -706,19 +681,14 @@ impl<'s, 'a> Sim<'s, 'a> {
     }
 
     fn push(&mut self, t: u64, ev: Ev) {
-        self.seq += 1;
-        self.heap.push(Item {
-            t,
-            seq: self.seq,
-            ev,
-        });
+        self.queue.push(t, ev);
     }
 
     /// Runs to the end; `progress` gets the share of virtual time done now and then.
     pub fn run(mut self, progress: &mut dyn FnMut(f64)) -> Outcome {
         let span = (self.sh.end - self.sh.start).max(1) as f64;
         let mut next_report = self.sh.start;
-        while let Some(Item { t, ev, .. }) = self.heap.pop() {
+        while let Some((t, ev)) = self.queue.pop() {
             if t >= self.sh.end {
                 break;
             }
