@@ -455,7 +455,16 @@ pub fn start(
                         }
                     }
                     while let Some(c) = core.poll_command() {
-                        pending.push_back((c.topic, c.frame));
+                        match core.downlink(&c) {
+                            Ok(wire) => pending.push_back(wire),
+                            // Only a command the core itself could not encode: a bug, said
+                            // once per kind rather than per lamp.
+                            Err(e) => {
+                                if logged_kinds.insert("seal") {
+                                    tracing::error!(lamp = %c.lamp, error = %e, "command not sealed");
+                                }
+                            }
+                        }
                     }
                     while let Some(e) = core.poll_event() {
                         if let Event::Reading {

@@ -186,6 +186,14 @@ struct Commanded {
     hold_until: Option<UnixMs>,
 }
 
+/// A status report as it leaves the node, before it is sealed in a frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Uplink {
+    /// The frame counter it is sent under.
+    pub fcnt_up: u32,
+    pub report: StatusReport,
+}
+
 /// Counters the agent exposes; nothing here is lost silently.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct NodeCounters {
@@ -416,8 +424,41 @@ impl NodeCore {
             return Err(DownlinkError::WrongPort(frame.fport));
         }
         let command = Command::decode(&frame.frm_payload)?;
+        self.apply_command(now, &command);
+        Ok(command)
+    }
+
+    /// A unicast command that reached the node already opened: its frame's MIC checked and
+    /// payload decrypted. This is [`NodeCore::handle_downlink`] past the codec, with the same
+    /// counter rule (a `fcnt_down` that does not advance is a replay); the planning
+    /// simulator drives nodes through it, since a day of a town is millions of frames whose
+    /// sealing and opening would tell it nothing the codec's own tests do not.
+    pub fn handle_command(
+        &mut self,
+        now: UnixMs,
+        fcnt_down: u32,
+        command: &Command,
+    ) -> Result<(), DownlinkError> {
+        if !self.joined {
+            self.counters.downlinks_rejected += 1;
+            return Err(DownlinkError::NotJoined);
+        }
+        if self.last_fcnt_down.is_some_and(|last| fcnt_down <= last) {
+            self.counters.downlinks_rejected += 1;
+            return Err(DownlinkError::Frame(FrameError::Replay {
+                last: self.last_fcnt_down.unwrap_or(0),
+                got: fcnt_down,
+            }));
+        }
+        self.last_fcnt_down = Some(fcnt_down);
+        self.apply_command(now, command);
+        self.counters.downlinks_applied += 1;
+        Ok(())
+    }
+
+    fn apply_command(&mut self, now: UnixMs, command: &Command) {
         self.last_heard = now;
-        match &command {
+        match command {
             Command::SetLevel {
                 level_pct,
                 ramp_ms,
@@ -434,7 +475,6 @@ impl NodeCore {
             }
         }
         self.on_time(now);
-        Ok(command)
     }
 
     /// A JoinAccept: the session keys follow from it and the DevNonce of our request.
@@ -508,11 +548,26 @@ impl NodeCore {
         self.retarget(now, target, ramp_ms);
     }
 
-    /// The next uplink frame to send, if one is due.
+    /// The next uplink frame to send, if one is due: a JoinRequest while an OTAA node has
+    /// no session, else the status report of [`NodeCore::poll_report`] sealed in a data frame.
     pub fn poll_transmit(&mut self, now: UnixMs) -> Option<Vec<u8>> {
+        if !self.joined {
+            self.on_time(now);
+            return self.poll_join_request(now);
+        }
+        let uplink = self.poll_report(now)?;
+        // A 22-byte payload always fits; an error here would be a bug in our own codec, and
+        // the node keeps running rather than panicking on a lamp column.
+        self.seal(&uplink).ok()
+    }
+
+    /// The next status report due and the uplink counter it goes under, for a node with a
+    /// session (`None` while an OTAA node is joining: its JoinRequest goes through
+    /// [`NodeCore::poll_transmit`]). Once returned, the report counts as sent.
+    pub fn poll_report(&mut self, now: UnixMs) -> Option<Uplink> {
         self.on_time(now);
         if !self.joined {
-            return self.poll_join_request(now);
+            return None;
         }
         let gap_ok = self
             .last_report
@@ -522,19 +577,10 @@ impl NodeCore {
             _ if now >= self.next_periodic => ReportTrigger::Periodic,
             _ => return None,
         };
-        let report = self.status_report(now, trigger);
-        let frame = DataFrame {
-            mtype: MType::UnconfirmedDataUp,
-            dev_addr: self.config.dev_addr,
-            fctrl: FCtrl::default(),
-            fcnt: self.fcnt_up,
-            fopts: Vec::new(),
-            fport: Some(FPORT_STATUS),
-            frm_payload: report.encode(),
+        let uplink = Uplink {
+            fcnt_up: self.fcnt_up,
+            report: self.status_report(now, trigger),
         };
-        // A 22-byte payload always fits; an error here would be a bug in our own codec, and
-        // the node keeps running rather than panicking on a lamp column.
-        let phy = lorawan::encode_data_frame(&frame, &self.config.keys).ok()?;
         self.fcnt_up = self.fcnt_up.wrapping_add(1);
         self.presence = Presence::default();
         self.pending = None;
@@ -550,7 +596,21 @@ impl NodeCore {
         }
         self.counters.uplinks += 1;
         self.last_uplink = Some(now);
-        Some(phy)
+        Some(uplink)
+    }
+
+    /// The LoRaWAN data frame carrying `uplink` in this node's session.
+    pub fn seal(&self, uplink: &Uplink) -> Result<Vec<u8>, FrameError> {
+        let frame = DataFrame {
+            mtype: MType::UnconfirmedDataUp,
+            dev_addr: self.config.dev_addr,
+            fctrl: FCtrl::default(),
+            fcnt: uplink.fcnt_up,
+            fopts: Vec::new(),
+            fport: Some(FPORT_STATUS),
+            frm_payload: uplink.report.encode(),
+        };
+        lorawan::encode_data_frame(&frame, &self.config.keys)
     }
 
     fn poll_join_request(&mut self, now: UnixMs) -> Option<Vec<u8>> {

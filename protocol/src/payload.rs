@@ -278,7 +278,7 @@ impl FailSafeProfile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Command {
-    /// Ramp to `level_pct` over `ramp_ms` (sent in 100 ms units), then hold it for `hold_s`
+    /// Ramp to `level_pct` over `ramp_ms` (sent in 100 ms units, rounded up), then hold it for `hold_s`
     /// seconds before returning to the fail-safe profile (0: hold until the next command).
     SetLevel {
         level_pct: u8,
@@ -295,6 +295,13 @@ impl Command {
     /// The longest ramp a command can carry: u16 tenths of a second.
     pub const MAX_RAMP_MS: u32 = u16::MAX as u32 * 100;
 
+    /// The ramp a command carries for `ramp_ms`: rounded up to whole tenths of a second (a
+    /// ramp limit is never beaten by rounding), at most [`Command::MAX_RAMP_MS`]. A command
+    /// built with it decodes to itself.
+    pub fn wire_ramp_ms(ramp_ms: u32) -> u32 {
+        ramp_ms.min(Self::MAX_RAMP_MS).div_ceil(100) * 100
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>, PayloadError> {
         let mut b = vec![VERSION];
         match self {
@@ -306,7 +313,7 @@ impl Command {
                 level(*level_pct)?;
                 b.push(KIND_SET_LEVEL);
                 b.push(*level_pct);
-                let ramp_ds = (ramp_ms.min(&Self::MAX_RAMP_MS) / 100) as u16;
+                let ramp_ds = (Self::wire_ramp_ms(*ramp_ms) / 100) as u16;
                 b.extend_from_slice(&ramp_ds.to_le_bytes());
                 b.extend_from_slice(&hold_s.to_le_bytes());
             }
@@ -478,6 +485,14 @@ mod tests {
             let b = c.encode().unwrap();
             prop_assert!(b.len() <= 51 - 13);
             prop_assert_eq!(Command::decode(&b), Ok(c));
+        }
+
+        #[test]
+        fn a_set_level_with_its_wire_ramp_decodes_to_itself(
+            level_pct in 0u8..=100, ramp_ms in any::<u32>(), hold_s in any::<u16>(),
+        ) {
+            let c = Command::SetLevel { level_pct, ramp_ms: Command::wire_ramp_ms(ramp_ms), hold_s };
+            prop_assert_eq!(Command::decode(&c.encode().unwrap()), Ok(c));
         }
 
         #[test]

@@ -183,6 +183,8 @@ pub enum Rejection {
     BadMic(DevAddr),
     #[error("unknown DevAddr {0}")]
     UnknownDevAddr(DevAddr),
+    #[error("unknown lamp {0}")]
+    UnknownLamp(LampId),
     #[error(
         "DevAddr {dev_addr} belongs to {owner}, not to the topic's {topic_tenant}/{topic_dev_eui}"
     )]
@@ -200,6 +202,17 @@ pub enum Rejection {
     Payload(#[from] PayloadError),
 }
 
+/// Why a command could not be sealed for the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("unknown lamp {0}")]
+    UnknownLamp(LampId),
+    #[error("command: {0}")]
+    Payload(#[from] PayloadError),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+}
+
 impl Rejection {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -208,6 +221,7 @@ impl Rejection {
             Rejection::Replay { .. } => "replay",
             Rejection::BadMic(_) => "bad-mic",
             Rejection::UnknownDevAddr(_) => "unknown-devaddr",
+            Rejection::UnknownLamp(_) => "unknown-lamp",
             Rejection::TopicMismatch { .. } => "topic-mismatch",
             Rejection::NotUplink(_) => "not-uplink",
             Rejection::WrongPort(_) => "wrong-port",
@@ -220,8 +234,8 @@ impl Rejection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
     pub lamp: LampId,
-    pub topic: String,
-    pub frame: Vec<u8>,
+    /// What the node is told; [`ControllerCore::downlink`] seals it for the wire.
+    pub command: Command,
     pub level_pct: u8,
     pub ramp_ms: u32,
     pub reason: Reason,
@@ -489,7 +503,12 @@ impl ControllerCore {
         phy: &[u8],
     ) -> Result<LampId, Rejection> {
         let result = self.accept_uplink(now, topic, phy);
-        match &result {
+        self.count(now, &result);
+        result
+    }
+
+    fn count(&mut self, now: UnixMs, result: &Result<LampId, Rejection>) {
+        match result {
             Ok(_) => self.counters.uplinks += 1,
             Err(r) => {
                 self.counters.rejected += 1;
@@ -501,7 +520,6 @@ impl ControllerCore {
                 });
             }
         }
-        result
     }
 
     fn accept_uplink(&mut self, now: UnixMs, topic: &str, phy: &[u8]) -> Result<LampId, Rejection> {
@@ -540,8 +558,34 @@ impl ControllerCore {
             return Err(Rejection::WrongPort(frame.fport));
         }
         let report = StatusReport::decode(&frame.frm_payload)?;
+        Ok(self.accept_report(now, i, fcnt, report))
+    }
 
-        // Accepted: from here on the frame counts.
+    /// A status report that arrived already opened: its frame's topic, MIC and payload
+    /// checked. This is [`ControllerCore::handle_uplink`] past the codec, with the same
+    /// counter rule (an `fcnt_up` that does not advance is a replay); the planning simulator
+    /// drives the controller through it, since sealing and opening millions of frames a
+    /// simulated day would tell it nothing the codec's own tests do not.
+    pub fn handle_report(
+        &mut self,
+        now: UnixMs,
+        lamp: LampId,
+        fcnt_up: u32,
+        report: StatusReport,
+    ) -> Result<LampId, Rejection> {
+        let result = match self.by_lamp.get(&lamp) {
+            None => Err(Rejection::UnknownLamp(lamp)),
+            Some(&i) => match self.lamps[i].node.last_fcnt_up {
+                Some(last) if fcnt_up <= last => Err(Rejection::Replay { last, got: fcnt_up }),
+                _ => Ok(self.accept_report(now, i, fcnt_up, report)),
+            },
+        };
+        self.count(now, &result);
+        result
+    }
+
+    /// From here on the report counts: energy, presence, demand, and the decisions they call.
+    fn accept_report(&mut self, now: UnixMs, i: usize, fcnt: u32, report: StatusReport) -> LampId {
         let lamp = &mut self.lamps[i];
         lamp.node.last_fcnt_up = Some(fcnt);
         let energy_delta_dwh = lamp.node.last_energy_dwh.map_or(report.energy_dwh, |prev| {
@@ -576,7 +620,7 @@ impl ControllerCore {
         if class_changed {
             self.decide_zone(now, self.lamps[i].zone);
         }
-        Ok(id)
+        id
     }
 
     /// Counts a report's presence into its zone's interval. Returns whether the class the
@@ -727,7 +771,8 @@ impl ControllerCore {
             .map(|c| c.level_pct)
             .or(lamp.last_report.map(|(_, r)| r.level_pct))
             .unwrap_or(0);
-        let ramp_ms = policy::ramp_ms(zone_policy, from, level_pct);
+        // As the wire carries it, so what is recorded is what the node does.
+        let ramp_ms = Command::wire_ramp_ms(policy::ramp_ms(zone_policy, from, level_pct));
         // A presence level carries its own hold, so a node drops back by itself should the
         // controller go away while the bubble is up.
         let hold_s = match reason {
@@ -752,22 +797,7 @@ impl ControllerCore {
         reason: Reason,
     ) {
         let lamp = &mut self.lamps[i];
-        let Ok(payload) = command.encode() else {
-            return;
-        };
         let fcnt_down = lamp.node.next_fcnt_down;
-        let frame = DataFrame {
-            mtype: MType::UnconfirmedDataDown,
-            dev_addr: lamp.node.dev_addr,
-            fctrl: FCtrl::default(),
-            fcnt: fcnt_down,
-            fopts: Vec::new(),
-            fport: Some(FPORT_COMMAND),
-            frm_payload: payload,
-        };
-        let Ok(phy) = lorawan::encode_data_frame(&frame, &lamp.node.keys) else {
-            return;
-        };
         lamp.node.next_fcnt_down = fcnt_down.wrapping_add(1);
         lamp.commanded = Some(Commanded {
             level_pct,
@@ -777,8 +807,7 @@ impl ControllerCore {
         let id = lamp.node.lamp;
         self.outbox.push_back(Outgoing {
             lamp: id,
-            topic: topics::downlink(&lamp.node.tenant, lamp.node.dev_eui),
-            frame: phy,
+            command,
             level_pct,
             ramp_ms,
             reason,
@@ -793,6 +822,27 @@ impl ControllerCore {
             fcnt_down,
         });
         self.counters.commands += 1;
+    }
+
+    /// The topic and LoRaWAN frame that carry a command to its node (sealed in the node's
+    /// session under the command's `fcnt_down`).
+    pub fn downlink(&self, o: &Outgoing) -> Result<(String, Vec<u8>), SealError> {
+        let node = self
+            .by_lamp
+            .get(&o.lamp)
+            .map(|&i| &self.lamps[i].node)
+            .ok_or(SealError::UnknownLamp(o.lamp))?;
+        let frame = DataFrame {
+            mtype: MType::UnconfirmedDataDown,
+            dev_addr: node.dev_addr,
+            fctrl: FCtrl::default(),
+            fcnt: o.fcnt_down,
+            fopts: Vec::new(),
+            fport: Some(FPORT_COMMAND),
+            frm_payload: o.command.encode()?,
+        };
+        let phy = lorawan::encode_data_frame(&frame, &node.keys)?;
+        Ok((topics::downlink(&node.tenant, node.dev_eui), phy))
     }
 
     pub fn poll_command(&mut self) -> Option<Outgoing> {

@@ -96,6 +96,58 @@ fn accepted_reports_meter_energy_from_the_nodes_counter() {
 }
 
 #[test]
+fn an_opened_report_counts_as_its_frame_would_under_the_same_counter_rule() {
+    let seen = Presence {
+        pedestrians: 1,
+        cyclists: 0,
+        vehicles: 0,
+    };
+    let (mut by_frame, mut by_report) = (core(10), core(10));
+    for (k, (presence, energy)) in [(Presence::default(), 1000), (seen, 1010)]
+        .into_iter()
+        .enumerate()
+    {
+        let at = NIGHT.plus_ms(k as u64 * 30_000);
+        let r = report(presence, energy);
+        let (t, f) = uplink(&node(4), k as u32, &r);
+        assert_eq!(by_frame.handle_uplink(at, &t, &f), Ok(LampId(4)));
+        assert_eq!(
+            by_report.handle_report(at, LampId(4), k as u32, r),
+            Ok(LampId(4))
+        );
+    }
+    let commands = |c: &mut ControllerCore| -> Vec<(LampId, Command, u32)> {
+        drain(c)
+            .into_iter()
+            .map(|o| (o.lamp, o.command, o.fcnt_down))
+            .collect()
+    };
+    let sent = commands(&mut by_frame);
+    assert!(
+        sent.len() >= 3,
+        "presence raised the lamp and its neighbours"
+    );
+    assert_eq!(sent, commands(&mut by_report));
+    let (a, b) = (
+        by_frame.summary(NIGHT, None),
+        by_report.summary(NIGHT, None),
+    );
+    assert_eq!((a.uplinks, a.energy_wh), (b.uplinks, b.energy_wh));
+
+    // A counter that does not advance is a replay either way; an unknown lamp is refused.
+    let r = report(seen, 1020);
+    assert_eq!(
+        by_report.handle_report(NIGHT.plus_ms(60_000), LampId(4), 1, r),
+        Err(Rejection::Replay { last: 1, got: 1 })
+    );
+    assert_eq!(
+        by_report.handle_report(NIGHT.plus_ms(60_000), LampId(99), 0, r),
+        Err(Rejection::UnknownLamp(LampId(99)))
+    );
+    assert_eq!(by_report.counters().rejected, 2);
+}
+
+#[test]
 fn presence_raises_the_lamp_and_its_neighbours_at_once() {
     let mut c = core(10);
     c.handle_tick(NIGHT);
@@ -141,8 +193,10 @@ fn commands_are_frames_only_their_node_can_open() {
     c.handle_tick(NIGHT);
     let out = drain(&mut c);
     let o = &out[1];
-    assert_eq!(o.topic, topics::downlink(&tenant(), node(1).dev_eui));
-    let f = lorawan::decode_data_frame(&o.frame, &node(1).keys, o.fcnt_down).unwrap();
+    let (topic, frame) = c.downlink(o).unwrap();
+    assert_eq!(topic, topics::downlink(&tenant(), node(1).dev_eui));
+    let f = lorawan::decode_data_frame(&frame, &node(1).keys, o.fcnt_down).unwrap();
+    assert_eq!(Command::decode(&f.frm_payload).unwrap(), o.command);
     assert_eq!(
         Command::decode(&f.frm_payload).unwrap(),
         Command::SetLevel {
@@ -153,7 +207,7 @@ fn commands_are_frames_only_their_node_can_open() {
         }
     );
     assert_eq!(
-        lorawan::decode_data_frame(&o.frame, &node(0).keys, o.fcnt_down),
+        lorawan::decode_data_frame(&frame, &node(0).keys, o.fcnt_down),
         Err(FrameError::BadMic)
     );
 }

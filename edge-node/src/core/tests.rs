@@ -174,3 +174,41 @@ fn periodic_reports_advance_fcnt_and_meter_energy() {
     // 36 W for 3 h (less the last second) is 108 Wh.
     assert!((n.energy_wh() - 108.0).abs() < 0.05, "{}", n.energy_wh());
 }
+
+#[test]
+fn an_opened_command_and_report_match_their_frames() {
+    // Two identical nodes: one driven by frames, one past the codec.
+    let (mut by_frame, mut by_value) = (node(NIGHT), node(NIGHT));
+    let command = set(30, 2_000, 120);
+    by_frame
+        .handle_downlink(NIGHT, &downlink(3, &command))
+        .unwrap();
+    by_value.handle_command(NIGHT, 3, &command).unwrap();
+    for dt in [0, 1_000, 2_000, 119_000, 121_000] {
+        let at = NIGHT.plus_ms(dt);
+        assert_eq!(
+            by_frame.level_pct(at),
+            by_value.level_pct(at),
+            "at +{dt} ms"
+        );
+        assert_eq!(by_frame.mode(at), by_value.mode(at));
+    }
+    // The same counter rule: not advancing is a replay, and nothing changes.
+    assert!(matches!(
+        by_value.handle_command(NIGHT, 3, &set(100, 0, 0)),
+        Err(DownlinkError::Frame(FrameError::Replay { last: 3, got: 3 }))
+    ));
+    assert_eq!(by_value.target_pct(), 30.0);
+    assert_eq!(by_value.counters().downlinks_rejected, 1);
+
+    // The report poll_report hands out is the one poll_transmit seals.
+    let at = NIGHT.plus_ms(5_000);
+    by_frame.handle_presence(at, RoadUser::Cyclist);
+    by_value.handle_presence(at, RoadUser::Cyclist);
+    let phy = by_frame.poll_transmit(at).unwrap();
+    let uplink = by_value.poll_report(at).unwrap();
+    assert_eq!(uplink.report.presence.cyclists, 1);
+    assert_eq!(decode_report(&by_frame, &phy), uplink.report);
+    assert_eq!(by_value.seal(&uplink).unwrap(), phy);
+    assert_eq!(by_value.fcnt_up(), by_frame.fcnt_up());
+}

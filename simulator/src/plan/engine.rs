@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use lamplighter_controller::core::policy::PolicyConfig;
 use lamplighter_controller::core::ZoneParams;
 use lamplighter_controller::{ControllerConfig, ControllerCore, ProvisionedNode};
-use lamplighter_edge::core::{NodeConfig, NodeCore, Sample};
+use lamplighter_edge::core::{NodeConfig, NodeCore, Sample, Uplink};
 use lamplighter_edge::RoadUser;
-use lamplighter_protocol::lorawan::{AesKey, SessionKeys};
-use lamplighter_protocol::payload::{FailSafeProfile, NodeMode};
-use lamplighter_protocol::{sun, topics, DevAddr, DevEui, LampId, TenantId, UnixMs};
+use lamplighter_protocol::lorawan::{self, AesKey, SessionKeys};
+use lamplighter_protocol::payload::{Command, FailSafeProfile, NodeMode, StatusReport};
+use lamplighter_protocol::{sun, DevAddr, DevEui, LampId, TenantId, UnixMs};
 use lamplighter_town::{distance_m, LedPowerModel, RoadKind, Town};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -121,7 +121,6 @@ pub(crate) struct Shared<'a> {
     pub keys: Vec<SessionKeys>,
     pub power: Vec<LedPowerModel>,
     pub tenant: TenantId,
-    pub topics_up: Vec<String>,
     pub busy_zone: u32,
     pub quiet_zone: u32,
     /// For each fault, the nodes it touches (NodesDown, ClockSkew).
@@ -225,9 +224,6 @@ impl<'a> Shared<'a> {
             .collect();
         let power = town.lamps.iter().map(|l| l.power_model()).collect();
         let tenant = TenantId::new("plan").expect("a valid tenant id");
-        let topics_up = (0..town.lamps.len())
-            .map(|i| topics::uplink(&tenant, dev_eui(i)))
-            .collect();
         let mut shared = Shared {
             town,
             profile,
@@ -246,7 +242,6 @@ impl<'a> Shared<'a> {
             keys,
             power,
             tenant,
-            topics_up,
             busy_zone: 0,
             quiet_zone: 0,
             fault_nodes: Vec::new(),
@@ -463,10 +458,11 @@ struct Step {
 enum Ev {
     Tick,
     Wake(u32),
-    Up(u32, Vec<u8>),
+    Up(u32, Uplink),
     /// An uplink over the LoRa radio, with its slot in [`Radio`] (lost or not).
-    UpRadio(u32, u32, Vec<u8>),
-    Down(u32, Vec<u8>),
+    UpRadio(u32, u32, Uplink),
+    /// A command for a lamp, under its downlink counter.
+    Down(u32, u32, Command),
     Slot,
     Detect(u32, RoadUser),
     Pass(Step),
@@ -758,28 +754,28 @@ impl<'s, 'a> Sim<'s, 'a> {
                 });
                 self.check_floor(i, now);
             }
-            Ev::UpRadio(i, slot, frame) => {
+            Ev::UpRadio(i, slot, uplink) => {
                 if self.radio.as_ref().is_some_and(|r| r.uplink_lost(slot)) {
                     self.out.packets_lost += 1;
                     return;
                 }
-                self.handle(now, Ev::Up(i, frame));
+                self.handle(now, Ev::Up(i, uplink));
             }
-            Ev::Up(i, frame) => {
+            Ev::Up(i, uplink) => {
                 let Some(c) = self.ctrl.as_mut() else {
                     self.out.uplinks_unheard += 1;
                     return;
                 };
-                match c.handle_uplink(UnixMs(now), &self.sh.topics_up[i as usize], &frame) {
+                match c.handle_report(UnixMs(now), LampId(i), uplink.fcnt_up, uplink.report) {
                     Ok(_) => self.out.uplinks_accepted += 1,
                     Err(_) => self.out.uplinks_rejected += 1,
                 }
                 self.drain_controller(now);
             }
-            Ev::Down(i, frame) => {
+            Ev::Down(i, fcnt_down, command) => {
                 let mut applied = false;
                 self.touch(i as usize, now, |core, nn| {
-                    applied = core.handle_downlink(nn, &frame).is_ok();
+                    applied = core.handle_command(nn, fcnt_down, &command).is_ok();
                 });
                 if applied {
                     self.out.downlinks_applied += 1;
@@ -817,11 +813,14 @@ impl<'s, 'a> Sim<'s, 'a> {
             self.last_cmd[i] = Some(o.level_pct);
             self.out.downlinks_sent += 1;
             let arrives = match self.radio.as_mut() {
-                Some(r) => r.send_downlink(i, now, o.frame.len()),
+                Some(r) => {
+                    let payload_len = o.command.encode().map_or(0, |p| p.len());
+                    r.send_downlink(i, now, frame_len(payload_len))
+                }
                 None => self.link_delay(now),
             };
             match arrives {
-                Some(t) => self.push(t, Ev::Down(i as u32, o.frame)),
+                Some(t) => self.push(t, Ev::Down(i as u32, o.fcnt_down, o.command)),
                 None if self.radio.is_some() => self.out.packets_lost += 1,
                 None => {}
             }
@@ -901,8 +900,8 @@ impl<'s, 'a> Sim<'s, 'a> {
             self.out.level_changes += 1;
         }
         let mut frames = Vec::new();
-        while let Some(frame) = n.core.poll_transmit(nn) {
-            frames.push(frame);
+        while let Some(uplink) = n.core.poll_report(nn) {
+            frames.push(uplink);
         }
         if self.pending_heal.is_some()
             && !n.converged
@@ -933,14 +932,17 @@ impl<'s, 'a> Sim<'s, 'a> {
             n.next_wake = wake;
             self.push(wake, Ev::Wake(i as u32));
         }
-        for frame in frames {
+        for uplink in frames {
             self.out.uplinks_sent += 1;
             if let Some(r) = self.radio.as_mut() {
                 let channel = self.link_rng.gen_range(0..3);
-                let on_air = r.send_uplink(i, now, frame.len(), channel);
-                self.push(on_air.arrives_ms, Ev::UpRadio(i as u32, on_air.slot, frame));
+                let on_air = r.send_uplink(i, now, frame_len(StatusReport::LEN), channel);
+                self.push(
+                    on_air.arrives_ms,
+                    Ev::UpRadio(i as u32, on_air.slot, uplink),
+                );
             } else if let Some(t) = self.link_delay(now) {
-                self.push(t, Ev::Up(i as u32, frame));
+                self.push(t, Ev::Up(i as u32, uplink));
             }
         }
     }
@@ -1230,6 +1232,11 @@ impl<'s, 'a> Sim<'s, 'a> {
             self.zone_passages[k] = 0;
         }
     }
+}
+
+/// Bytes on air of a data frame with an FPort and `frm_payload_len` bytes of payload.
+fn frame_len(frm_payload_len: usize) -> usize {
+    lorawan::MIN_DATA_FRAME_LEN + 1 + frm_payload_len
 }
 
 pub(crate) fn round(x: f64, digits: i32) -> f64 {

@@ -6,9 +6,13 @@
 //! For each policy (by name from [`POLICY_NAMES`], or `all`), [`run`] builds the town (a
 //! real one from [`lamplighter_town::Town::load`] or a procedural one), one real
 //! [`NodeCore`](lamplighter_edge::core::NodeCore) per lamp and one real
-//! [`ControllerCore`](lamplighter_controller::ControllerCore), and drives them through
-//! the very frames they exchange in production (LoRaWAN data frames on MQTT topics, MIC and
-//! FCnt checked). Policies run on separate threads; each run is a function of
+//! [`ControllerCore`](lamplighter_controller::ControllerCore), and drives them through the
+//! messages they exchange in production: status reports and commands under their frame
+//! counters, replays refused. They pass through the cores' `poll_report` / `handle_report`
+//! and `handle_command` entry points, which are the frame paths past the LoRaWAN codec
+//! (a day of Cambridge is some 18 million frames, and sealing and opening each one took
+//! half the run while telling the plan nothing; the codec has its own tests, and live mode
+//! sends real frames). Policies run on separate threads; each run is a function of
 //! (options, seed) only.
 //!
 //! Time is an event queue (a calendar of (time, sequence, event), [`queue`]), not fixed steps: a node
