@@ -234,6 +234,8 @@ pub struct NodeCore {
     pending: Option<ReportTrigger>,
     last_report: Option<UnixMs>,
     counters: NodeCounters,
+    /// Dusk and dawn at this column.
+    dark: sun::DarkSpell,
 }
 
 impl NodeCore {
@@ -271,6 +273,7 @@ impl NodeCore {
             pending: None,
             last_report: None,
             counters: NodeCounters::default(),
+            dark: sun::DarkSpell::default(),
             config,
         };
         let target = node.target_level_pct(now);
@@ -331,7 +334,7 @@ impl NodeCore {
         match (self.mode(now), self.commanded) {
             (NodeMode::Commanded, Some(c)) => c.level_pct,
             _ => {
-                if sun::is_dark(self.config.lat, self.config.lon, now) {
+                if self.dark.is_dark(self.config.lat, self.config.lon, now) {
                     let p = &self.config.fail_safe;
                     let minute = now.local_seconds_of_day(p.utc_offset_min as i32) / 60;
                     p.level_at_minute(minute as u16)

@@ -50,6 +50,27 @@ pub fn is_dark_uncached(lat_deg: f64, lon_deg: f64, now: UnixMs) -> bool {
     elevation_deg(lat_deg, lon_deg, now) < LIGHTS_ON_ELEVATION_DEG
 }
 
+/// One position's light or dark spell, kept by whoever asks about the same position again
+/// and again: a node about its own column, a controller about each of its lamps. Same
+/// answers as [`is_dark`], without its shared memo's hash look-up (which was a tenth of a
+/// planning run). Asked about another position, it starts over for that one.
+#[derive(Debug, Clone, Default)]
+pub struct DarkSpell(std::cell::Cell<Option<(u64, u64, Spell)>>);
+
+impl DarkSpell {
+    pub fn is_dark(&self, lat_deg: f64, lon_deg: f64, now: UnixMs) -> bool {
+        let key = (lat_deg.to_bits(), lon_deg.to_bits());
+        if let Some((lat, lon, s)) = self.0.get() {
+            if (lat, lon) == key && (s.from_ms..s.until_ms).contains(&now.0) {
+                return s.dark;
+            }
+        }
+        let spell = spell_at(lat_deg, lon_deg, now.0);
+        self.0.set(Some((key.0, key.1, spell)));
+        spell.dark
+    }
+}
+
 /// The sun's elevation never changes faster than the Earth turns, 15 degrees an hour
 /// (0.25 degrees a minute); a margin on top for the slow drift of declination and the
 /// equation of time.
@@ -238,13 +259,18 @@ mod tests {
     fn the_memo_agrees_with_the_elevation_test() {
         // Every minute for two days at a few places, and every second around sunset:
         // the memo's answer is the uncached one.
+        // A DarkSpell asked about two places in turn must not mix them up.
+        let spell = DarkSpell::default();
         for (lat, lon) in [(51.5, -0.12), (42.37, -71.11), (-33.9, 151.2), (69.6, 18.9)] {
             for m in 0..(2 * 24 * 60) {
                 let t = UnixMs(DEC_NOON.0 + m * 60_000);
+                let truth = is_dark_uncached(lat, lon, t);
+                assert_eq!(is_dark(lat, lon, t), truth, "{lat} {m}");
+                assert_eq!(spell.is_dark(lat, lon, t), truth, "{lat} {m}");
+                let south = lat - 10.0;
                 assert_eq!(
-                    is_dark(lat, lon, t),
-                    is_dark_uncached(lat, lon, t),
-                    "{lat} {m}"
+                    spell.is_dark(south, lon, t),
+                    is_dark_uncached(south, lon, t)
                 );
             }
             let sunset = next_transition(lat, lon, DEC_NOON).unwrap_or(DEC_NOON);
@@ -256,6 +282,7 @@ mod tests {
                     is_dark_uncached(lat, lon, t),
                     "{lat} {s}"
                 );
+                assert_eq!(spell.is_dark(lat, lon, t), is_dark_uncached(lat, lon, t));
             }
         }
     }

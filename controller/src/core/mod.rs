@@ -289,6 +289,8 @@ struct LampState {
     /// Energy counted since this controller started.
     energy_wh: f64,
     presence_total: u64,
+    /// Dusk and dawn at the lamp.
+    dark: sun::DarkSpell,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,6 +447,7 @@ impl ControllerCore {
                     counted_interval: None,
                     energy_wh: 0.0,
                     presence_total: 0,
+                    dark: sun::DarkSpell::default(),
                 }
             })
             .collect();
@@ -607,9 +610,8 @@ impl ControllerCore {
 
         if report.presence.total() > 0 {
             let until = now.plus_ms(policy::bubble_hold_ms(&self.config.policy, report.presence));
-            let mut bubble = vec![i];
-            bubble.extend(self.neighbours[i].iter().copied());
-            for j in bubble {
+            for k in 0..=self.neighbours[i].len() {
+                let j = if k == 0 { i } else { self.neighbours[i][k - 1] };
                 let l = &mut self.lamps[j];
                 l.bubble_until = Some(l.bubble_until.map_or(until, |t| t.max(until)));
                 self.decide_lamp(now, j);
@@ -748,7 +750,7 @@ impl ControllerCore {
         let zone_policy = self.zone_policies.get(&lamp.zone).unwrap_or(&cfg.policy);
         let situation = LampSituation {
             now,
-            dark: sun::is_dark(lamp.node.lat, lamp.node.lon, now),
+            dark: lamp.dark.is_dark(lamp.node.lat, lamp.node.lon, now),
             bubble_until: lamp.bubble_until,
             override_: lamp.override_,
             class: self.zones[lamp.zone].class_in_force(now, zone_policy),

@@ -447,7 +447,7 @@ fn dev_addr(i: usize) -> DevAddr {
 
 #[derive(Debug, Clone, Copy)]
 struct Step {
-    trip: u64,
+    trip: u32,
     zone: u32,
     pos: u32,
     dir: i8,
@@ -458,18 +458,21 @@ struct Step {
 enum Ev {
     Tick,
     Wake(u32),
-    Up(u32, Uplink),
-    /// An uplink over the LoRa radio, with its slot in [`Radio`] (lost or not).
-    UpRadio(u32, u32, Uplink),
-    /// A command for a lamp, under its downlink counter.
-    Down(u32, u32, Command),
+    /// A lamp's uplink, parked in [`Sim::uplinks`].
+    Up(u32, u32),
+    /// An uplink over the LoRa radio, with its slot in [`Radio`] (lost or not) and its place
+    /// in [`Sim::uplinks`].
+    UpRadio(u32, u32, u32),
+    /// A command for a lamp, parked in [`Sim::commands`].
+    Down(u32, u32),
     Slot,
     Detect(u32, RoadUser),
     Pass(Step),
     Sample,
     FaultOn(u16),
     FaultOff(u16),
-    ConvergeCheck(u64),
+    /// Whether every node converged after the heal of this ordinal (see `Sim::heals`).
+    ConvergeCheck(u32),
 }
 
 struct Node {
@@ -536,12 +539,17 @@ pub(crate) struct Sim<'s, 'a> {
     last_cmd: Vec<Option<u8>>,
     traffic_rng: ChaCha8Rng,
     link_rng: ChaCha8Rng,
-    next_trip: u64,
+    next_trip: u32,
     /// Active transient faults: their count, and the loss and delay they add.
     active: u32,
     fault_loss_pct: f64,
     fault_delay_ms: u64,
     pending_heal: Option<u64>,
+    /// Heals so far: a convergence check is for the latest only.
+    heals: u32,
+    /// Messages in flight, parked here so that events stay small.
+    uplinks: Parked<Uplink>,
+    commands: Parked<(u32, Command)>,
     floor_by_minute: Vec<u8>,
     zone_passages: [u64; 2],
     /// Judged and under-lit passages by road user (index: [`user_index`]), counted here and
@@ -631,6 +639,9 @@ impl<'s, 'a> Sim<'s, 'a> {
             fault_loss_pct: 0.0,
             fault_delay_ms: 0,
             pending_heal: None,
+            heals: 0,
+            uplinks: Parked::default(),
+            commands: Parked::default(),
             floor_by_minute,
             zone_passages: [0; 2],
             judged_by_user: [0; 3],
@@ -754,14 +765,16 @@ impl<'s, 'a> Sim<'s, 'a> {
                 });
                 self.check_floor(i, now);
             }
-            Ev::UpRadio(i, slot, uplink) => {
+            Ev::UpRadio(i, slot, parked) => {
                 if self.radio.as_ref().is_some_and(|r| r.uplink_lost(slot)) {
+                    self.uplinks.take(parked);
                     self.out.packets_lost += 1;
                     return;
                 }
-                self.handle(now, Ev::Up(i, uplink));
+                self.handle(now, Ev::Up(i, parked));
             }
-            Ev::Up(i, uplink) => {
+            Ev::Up(i, parked) => {
+                let uplink = self.uplinks.take(parked);
                 let Some(c) = self.ctrl.as_mut() else {
                     self.out.uplinks_unheard += 1;
                     return;
@@ -772,7 +785,8 @@ impl<'s, 'a> Sim<'s, 'a> {
                 }
                 self.drain_controller(now);
             }
-            Ev::Down(i, fcnt_down, command) => {
+            Ev::Down(i, parked) => {
+                let (fcnt_down, command) = self.commands.take(parked);
                 let mut applied = false;
                 self.touch(i as usize, now, |core, nn| {
                     applied = core.handle_command(nn, fcnt_down, &command).is_ok();
@@ -795,20 +809,21 @@ impl<'s, 'a> Sim<'s, 'a> {
             }
             Ev::FaultOn(k) => self.fault_on(now, k as usize),
             Ev::FaultOff(k) => self.fault_off(now, k as usize),
-            Ev::ConvergeCheck(heal) => self.converge_check(heal),
+            Ev::ConvergeCheck(heal) => {
+                if heal == self.heals {
+                    self.converge_check();
+                }
+            }
         }
     }
 
     fn drain_controller(&mut self, now: u64) {
-        let Some(c) = self.ctrl.as_mut() else {
+        // Out of `self` while its commands go, and back at the end.
+        let Some(mut c) = self.ctrl.take() else {
             return;
         };
-        let mut out = Vec::new();
-        while let Some(o) = c.poll_command() {
-            out.push(o);
-        }
         while c.poll_event().is_some() {}
-        for o in out {
+        while let Some(o) = c.poll_command() {
             let i = o.lamp.0 as usize;
             self.last_cmd[i] = Some(o.level_pct);
             self.out.downlinks_sent += 1;
@@ -820,11 +835,15 @@ impl<'s, 'a> Sim<'s, 'a> {
                 None => self.link_delay(now),
             };
             match arrives {
-                Some(t) => self.push(t, Ev::Down(i as u32, o.fcnt_down, o.command)),
+                Some(t) => {
+                    let parked = self.commands.put((o.fcnt_down, o.command));
+                    self.push(t, Ev::Down(i as u32, parked));
+                }
                 None if self.radio.is_some() => self.out.packets_lost += 1,
                 None => {}
             }
         }
+        self.ctrl = Some(c);
     }
 
     /// When a packet sent now arrives, or None if it is lost.
@@ -937,12 +956,14 @@ impl<'s, 'a> Sim<'s, 'a> {
             if let Some(r) = self.radio.as_mut() {
                 let channel = self.link_rng.gen_range(0..3);
                 let on_air = r.send_uplink(i, now, frame_len(StatusReport::LEN), channel);
+                let parked = self.uplinks.put(uplink);
                 self.push(
                     on_air.arrives_ms,
-                    Ev::UpRadio(i as u32, on_air.slot, uplink),
+                    Ev::UpRadio(i as u32, on_air.slot, parked),
                 );
             } else if let Some(t) = self.link_delay(now) {
-                self.push(t, Ev::Up(i as u32, uplink));
+                let parked = self.uplinks.put(uplink);
+                self.push(t, Ev::Up(i as u32, parked));
             }
         }
     }
@@ -1055,18 +1076,18 @@ impl<'s, 'a> Sim<'s, 'a> {
                 n.converged = !n.alive;
             }
             self.out.invariants.heals_checked += 1;
+            self.heals += 1;
             self.push(
                 now + self.sh.faults.converge_within_s * 1000,
-                Ev::ConvergeCheck(now),
+                Ev::ConvergeCheck(self.heals),
             );
         }
     }
 
-    fn converge_check(&mut self, heal: u64) {
-        if self.pending_heal != Some(heal) {
+    fn converge_check(&mut self) {
+        let Some(heal) = self.pending_heal.take() else {
             return;
-        }
-        self.pending_heal = None;
+        };
         let stragglers: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].alive && !self.nodes[i].converged)
             .collect();
@@ -1119,7 +1140,7 @@ impl<'s, 'a> Sim<'s, 'a> {
                         who: *who,
                         speed,
                     };
-                    self.next_trip += 1;
+                    self.next_trip = self.next_trip.wrapping_add(1);
                     let lead = (SENSOR_RANGE_M / speed as f64 * 1000.0) as u64;
                     self.schedule_detect(step, t.saturating_sub(lead).max(now));
                     self.push(t, Ev::Pass(step));
@@ -1134,7 +1155,9 @@ impl<'s, 'a> Sim<'s, 'a> {
 
     fn schedule_detect(&mut self, step: Step, t: u64) {
         let lamp = self.lamp_of(&step);
-        if unit(step.trip.wrapping_mul(0x1_0000_0001) ^ lamp as u64 ^ self.sh.seed) < DETECTION_P {
+        if unit((step.trip as u64).wrapping_mul(0x1_0000_0001) ^ lamp as u64 ^ self.sh.seed)
+            < DETECTION_P
+        {
             self.push(t, Ev::Detect(lamp, step.who));
         }
     }
@@ -1237,6 +1260,46 @@ impl<'s, 'a> Sim<'s, 'a> {
 /// Bytes on air of a data frame with an FPort and `frm_payload_len` bytes of payload.
 fn frame_len(frm_payload_len: usize) -> usize {
     lorawan::MIN_DATA_FRAME_LEN + 1 + frm_payload_len
+}
+
+/// Values parked while the events that carry them wait in the queue: an event holds a
+/// `u32` key instead of the value, which keeps every event small.
+struct Parked<T> {
+    slots: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Parked<T> {
+    fn default() -> Self {
+        Parked {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Parked<T> {
+    fn put(&mut self, value: T) -> u32 {
+        match self.free.pop() {
+            Some(k) => {
+                self.slots[k as usize] = Some(value);
+                k
+            }
+            None => {
+                self.slots.push(Some(value));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The value parked under `k`; each key is taken once.
+    fn take(&mut self, k: u32) -> T {
+        let value = self.slots[k as usize]
+            .take()
+            .expect("a parked value is taken once");
+        self.free.push(k);
+        value
+    }
 }
 
 pub(crate) fn round(x: f64, digits: i32) -> f64 {

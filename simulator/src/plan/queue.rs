@@ -5,8 +5,10 @@
 //! binary heap that size spends most of its time moving items through cache misses. Nearly
 //! every event lands within the next few minutes (a packet, the next lamp of a trip, a
 //! node's next wake-up), so the queue is a calendar: a ring of short buckets covering the
-//! near future, each an unsorted `Vec` until its turn comes, when it becomes a small heap.
-//! Items beyond the ring wait in an overflow heap and move into the ring as it turns.
+//! near future, each an unsorted `Vec` until its turn comes, when it is sorted once and
+//! served from its end. Items pushed into the bucket being served wait in a small heap
+//! beside it; items beyond the ring wait in an overflow heap and move into the ring as it
+//! turns.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -43,9 +45,12 @@ impl<T> Ord for Entry<T> {
 /// A time-ordered queue; see the module docs.
 pub(crate) struct EventQueue<T> {
     origin_ms: u64,
-    /// The bucket whose items are in `current` (absolute index from `origin_ms`).
+    /// The bucket being served (absolute index from `origin_ms`).
     cursor: u64,
-    current: BinaryHeap<Entry<T>>,
+    /// Its items, latest first: the next one is at the end.
+    current: Vec<Entry<T>>,
+    /// Items pushed for the bucket being served (or before it) after it was sorted.
+    late: BinaryHeap<Entry<T>>,
     /// Bucket b (for cursor < b < cursor + RING) is `ring[b % RING]`.
     ring: Vec<Vec<Entry<T>>>,
     in_ring: usize,
@@ -59,7 +64,8 @@ impl<T> EventQueue<T> {
         EventQueue {
             origin_ms,
             cursor: 0,
-            current: BinaryHeap::new(),
+            current: Vec::new(),
+            late: BinaryHeap::new(),
             ring: (0..RING).map(|_| Vec::new()).collect(),
             in_ring: 0,
             overflow: BinaryHeap::new(),
@@ -85,7 +91,7 @@ impl<T> EventQueue<T> {
         let b = self.bucket(entry.t);
         if b <= self.cursor {
             // Due in the bucket being served (or, pushed into the past, at once).
-            self.current.push(entry);
+            self.late.push(entry);
         } else if b < self.cursor + RING as u64 {
             self.ring[(b % RING as u64) as usize].push(entry);
             self.in_ring += 1;
@@ -97,28 +103,41 @@ impl<T> EventQueue<T> {
     /// The earliest item and its time.
     pub fn pop(&mut self) -> Option<(u64, T)> {
         loop {
-            if let Some(e) = self.current.pop() {
-                return Some((e.t, e.item));
+            // Entry's order is reversed (for the heaps): "greater" is earlier.
+            let from_late = match (self.current.last(), self.late.peek()) {
+                (Some(c), Some(l)) => l > c,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (None, None) => {
+                    if self.in_ring == 0 {
+                        // Nothing in the ring: jump to the overflow's first bucket.
+                        let next = self.bucket(self.overflow.peek()?.t);
+                        self.cursor = next.max(self.cursor + 1) - 1;
+                    }
+                    self.advance();
+                    continue;
+                }
+            };
+            let e = if from_late {
+                self.late.pop()
+            } else {
+                self.current.pop()
             }
-            if self.in_ring == 0 {
-                // Nothing in the ring: jump straight to the overflow's first bucket.
-                let next = self.bucket(self.overflow.peek()?.t);
-                self.cursor = next.max(self.cursor + 1) - 1;
-            }
-            self.advance();
+            .expect("peeked");
+            return Some((e.t, e.item));
         }
     }
 
-    /// Serves the next bucket: its items become the current heap, and items from the
-    /// overflow that the ring now reaches move in.
+    /// Serves the next bucket: its items, sorted, become the current ones, and items from
+    /// the overflow that the ring now reaches move in.
     fn advance(&mut self) {
         self.cursor += 1;
         let slot = (self.cursor % RING as u64) as usize;
-        let mut spare = std::mem::take(&mut self.current).into_vec();
-        debug_assert!(spare.is_empty());
-        std::mem::swap(&mut spare, &mut self.ring[slot]);
-        self.in_ring -= spare.len();
-        self.current = BinaryHeap::from(spare);
+        debug_assert!(self.current.is_empty() && self.late.is_empty());
+        std::mem::swap(&mut self.current, &mut self.ring[slot]);
+        self.in_ring -= self.current.len();
+        // Latest first; (t, seq) is unique, so an unstable sort is exact.
+        self.current.sort_unstable_by(|a, b| a.cmp(b));
         let horizon = self.cursor + RING as u64;
         while self
             .overflow
