@@ -137,7 +137,7 @@ impl<T> EventQueue<T> {
         std::mem::swap(&mut self.current, &mut self.ring[slot]);
         self.in_ring -= self.current.len();
         // Latest first; (t, seq) is unique, so an unstable sort is exact.
-        self.current.sort_unstable_by(|a, b| a.cmp(b));
+        self.current.sort_unstable();
         let horizon = self.cursor + RING as u64;
         while self
             .overflow
