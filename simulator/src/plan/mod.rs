@@ -382,10 +382,13 @@ pub fn run_town(
             let tx = tx.clone();
             let (next, results, configs, shared) = (&next, &results, &configs, &shared);
             s.spawn(move || loop {
-                let k = next.fetch_add(1, Ordering::SeqCst);
-                if k >= configs.len() {
+                // The demand-following policies come last in the list and take longest:
+                // started first, they do not leave one thread running alone at the end.
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= configs.len() {
                     break;
                 }
+                let k = configs.len() - 1 - n;
                 let sim = engine::Sim::new(shared, configs[k].clone());
                 let outcome = sim.run(&mut |f| {
                     let _ = tx.send((k, f));
