@@ -14,9 +14,9 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 /// Width of one bucket.
-const BUCKET_MS: u64 = 100;
-/// Buckets in the ring (a power of two): 2^14 x 100 ms, about 27 minutes ahead.
-const RING: usize = 1 << 14;
+const BUCKET_MS: u64 = 250;
+/// Buckets in the ring (a power of two): 2^13 x 250 ms, about 34 minutes ahead.
+const RING: usize = 1 << 13;
 
 struct Entry<T> {
     t: u64,
