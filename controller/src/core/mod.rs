@@ -576,15 +576,24 @@ impl ControllerCore {
         fcnt_up: u32,
         report: StatusReport,
     ) -> Result<LampId, Rejection> {
-        let result = match self.by_lamp.get(&lamp) {
+        let result = match self.lamp_index(lamp) {
             None => Err(Rejection::UnknownLamp(lamp)),
-            Some(&i) => match self.lamps[i].node.last_fcnt_up {
+            Some(i) => match self.lamps[i].node.last_fcnt_up {
                 Some(last) if fcnt_up <= last => Err(Rejection::Replay { last, got: fcnt_up }),
                 _ => Ok(self.accept_report(now, i, fcnt_up, report)),
             },
         };
         self.count(now, &result);
         result
+    }
+
+    /// The lamp's index in the core. Lamps are usually numbered from 0 in the order they
+    /// were provisioned, so the number is tried as the index before the map.
+    fn lamp_index(&self, lamp: LampId) -> Option<usize> {
+        match self.lamps.get(lamp.0 as usize) {
+            Some(l) if l.node.lamp == lamp => Some(lamp.0 as usize),
+            _ => self.by_lamp.get(&lamp).copied(),
+        }
     }
 
     /// From here on the report counts: energy, presence, demand, and the decisions they call.
