@@ -430,7 +430,28 @@ pub async fn serve(
 /// The caller, authenticated by session cookie or bearer token. As an extractor it answers
 /// 401 without credentials, and 403 for a session request that changes state without the
 /// session's CSRF token.
-struct Auth(Principal);
+struct Auth(Principal, Credential);
+
+/// What the caller authenticated with, so that a long request (an event stream) can check
+/// that it still holds.
+#[derive(Clone)]
+enum Credential {
+    Session(String),
+    Token(String),
+}
+
+impl Credential {
+    /// Whether the session or token still authenticates (a logout or expiry ends a session;
+    /// an unreadable accounts file counts as not).
+    fn still_valid(&self, state: &AppState) -> bool {
+        let accounts = state.accounts();
+        match self {
+            Credential::Session(s) => accounts.session_principal(s, wall_ms()),
+            Credential::Token(t) => accounts.token_principal(t),
+        }
+        .is_ok_and(|p| p.is_some())
+    }
+}
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -479,7 +500,7 @@ impl FromRequestParts<AppState> for Auth {
         if let Some(token) = bearer(&parts.headers) {
             let found = state.accounts().token_principal(token).map_err(internal)?;
             return match found {
-                Some(p) => Ok(Auth(p)),
+                Some(p) => Ok(Auth(p, Credential::Token(token.to_string()))),
                 None => Err(unauthorized("invalid token")),
             };
         }
@@ -509,7 +530,7 @@ impl FromRequestParts<AppState> for Auth {
                 ));
             }
         }
-        Ok(Auth(p))
+        Ok(Auth(p, Credential::Session(session.to_string())))
     }
 }
 
@@ -1662,20 +1683,27 @@ async fn stream(
     State(state): State<AppState>,
     auth: Auth,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let watch = state.clone();
     let source = state.source;
     let tenant = auth.0.tenant;
     let mut interval = tokio::time::interval(STREAM_INTERVAL);
     // A slow client gets the latest state, not a burst of stale ones.
     interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut first = true;
-    let events = IntervalStream::new(interval).flat_map(move |_| {
-        let mut summary = json_event("summary", &source.summary(tenant.as_ref()));
-        if std::mem::take(&mut first) {
-            summary = summary.map(|e| e.retry(CLIENT_RETRY));
-        }
-        let zones = json_event("zones", &source.zones(tenant.as_ref()));
-        stream::iter(summary.into_iter().chain(zones).map(Ok))
-    });
+    // The stream ends once its session does (a logout, expiry) or its token goes: the
+    // page then finds it logged out, and a revoked credential watches nothing.
+    let credential = auth.1;
+    let still_valid = move |_: &_| std::future::ready(credential.still_valid(&watch));
+    let events = IntervalStream::new(interval)
+        .take_while(still_valid)
+        .flat_map(move |_| {
+            let mut summary = json_event("summary", &source.summary(tenant.as_ref()));
+            if std::mem::take(&mut first) {
+                summary = summary.map(|e| e.retry(CLIENT_RETRY));
+            }
+            let zones = json_event("zones", &source.zones(tenant.as_ref()));
+            stream::iter(summary.into_iter().chain(zones).map(Ok))
+        });
     let shutdown = async move {
         match state.shutdown {
             // Err once the sender (held by `serve`) is gone; nothing is ever sent.

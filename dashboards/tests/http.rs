@@ -288,11 +288,15 @@ struct SseEvent {
 
 impl EventStream {
     async fn open(server: &Server) -> EventStream {
-        let addr = server.addr;
+        let auth = format!("Authorization: Bearer {}", server.token);
+        EventStream::open_with(server.addr, &auth).await
+    }
+
+    /// A stream opened with this credential header line (a bearer token or a cookie).
+    async fn open_with(addr: SocketAddr, auth: &str) -> EventStream {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let req = format!(
-            "GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {}\r\n\r\n",
-            server.token
+            "GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{auth}\r\n\r\n"
         );
         stream.write_all(req.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
@@ -972,6 +976,23 @@ async fn login_sets_an_httponly_samesite_cookie_and_the_session_needs_csrf_to_ch
     assert!(res.header("set-cookie").contains("Max-Age=0"));
     let me = request_with(s.addr, "GET", "/api/v1/me", &[cookie], None).await;
     assert_eq!(me.status, 401);
+}
+
+#[tokio::test]
+async fn an_event_stream_ends_with_its_session() {
+    let s = start_accounts(DashboardOptions::default()).await;
+    let (cookie, csrf) = login(s.addr, "vic").await;
+    let mut events = EventStream::open_with(s.addr, &cookie).await;
+    events.next_named("summary").await;
+    events.next_named("summary").await;
+    let res = request_with(s.addr, "POST", "/api/v1/logout", &[cookie, csrf], None).await;
+    assert_eq!(res.status, 204);
+    // A stream that outlived its session would go on sending a summary every second.
+    let ended = timeout(Duration::from_secs(5), async {
+        while events.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream went on after logout");
 }
 
 #[tokio::test]
