@@ -257,6 +257,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX faults_open ON faults(cleared_at_ms) WHERE cleared_at_ms IS NULL;
      CREATE INDEX faults_acknowledged ON faults(acknowledged_at_ms);
      CREATE INDEX faults_cleared ON faults(cleared_at_ms);",
+    // 4: the energy summary reads a tenant's month from this index alone, however long the
+    // history kept.
+    "CREATE INDEX rollup_15m_tenant_time ON rollup_15m(tenant, bucket_s, lamp_id, energy_dwh);",
 ];
 
 impl Store {

@@ -345,35 +345,77 @@ impl Store {
         for (_, s) in &mut periods {
             s.baseline_wh = vec![0.0; BASELINES.len()];
         }
-        // Lamps in one place with one rated power share their baseline: SQLite groups
-        // them, so the work here grows with buckets and places, not lamps.
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT r.bucket_s, n.rated_power_w, CAST(round(n.lat * 20) AS INTEGER),
-                    CAST(round(n.lon * 20) AS INTEGER), COUNT(*), SUM(r.energy_dwh)
-                 FROM rollup_15m r JOIN nodes n ON n.lamp_id = r.lamp_id
-                 WHERE r.tenant = ?1 AND r.bucket_s >= ?2 AND r.bucket_s <= ?3
-                 GROUP BY r.bucket_s, n.rated_power_w, 3, 4",
-            )
-            .map_err(self.sql())?;
-        let mut rows = stmt
-            .query(params![tenant.as_str(), from_s, now_s])
-            .map_err(self.sql())?;
+        // Lamps in one place with one rated power share their baseline, so the work below
+        // grows with buckets and places, not lamps. The rollups are read from their covering
+        // index and grouped here: SQLite's own GROUP BY (with the join) took 8 s for a
+        // month of 1,000 lamps.
+        let mut place_of_lamp: HashMap<i64, usize> = HashMap::new();
+        let mut places: Vec<(f64, i64, i64)> = Vec::new();
+        {
+            let mut place_index: HashMap<(u64, i64, i64), usize> = HashMap::new();
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT lamp_id, rated_power_w, CAST(round(lat * 20) AS INTEGER),
+                        CAST(round(lon * 20) AS INTEGER)
+                     FROM nodes",
+                )
+                .map_err(self.sql())?;
+            let mut rows = stmt.query([]).map_err(self.sql())?;
+            while let Some(r) = rows.next().map_err(self.sql())? {
+                let get = || -> rusqlite::Result<(i64, f64, i64, i64)> {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                };
+                let (lamp, rated_w, lat_q, lon_q) = get().map_err(self.sql())?;
+                let k = *place_index
+                    .entry((rated_w.to_bits(), lat_q, lon_q))
+                    .or_insert_with(|| {
+                        places.push((rated_w, lat_q, lon_q));
+                        places.len() - 1
+                    });
+                place_of_lamp.insert(lamp, k);
+            }
+        }
+        // (bucket, place) -> (lamp-buckets, dWh)
+        let mut groups: HashMap<(i64, usize), (i64, i64)> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT bucket_s, lamp_id, energy_dwh FROM rollup_15m INDEXED BY
+                        rollup_15m_tenant_time
+                     WHERE tenant = ?1 AND bucket_s >= ?2 AND bucket_s <= ?3",
+                )
+                .map_err(self.sql())?;
+            let mut rows = stmt
+                .query(params![tenant.as_str(), from_s, now_s])
+                .map_err(self.sql())?;
+            while let Some(r) = rows.next().map_err(self.sql())? {
+                let get = || -> rusqlite::Result<(i64, i64, i64)> {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                };
+                let (bucket_s, lamp, dwh) = get().map_err(self.sql())?;
+                // A rollup of a lamp no longer provisioned has no place: left out, as a join
+                // would.
+                if let Some(&place) = place_of_lamp.get(&lamp) {
+                    let g = groups.entry((bucket_s, place)).or_default();
+                    g.0 += 1;
+                    g.1 += dwh;
+                }
+            }
+        }
+        // Summed in a fixed order (bucket, power, place), so the figures do not depend on
+        // the map's.
+        let mut groups: Vec<((i64, usize), (i64, i64))> = groups.into_iter().collect();
+        groups.sort_unstable_by(|((b1, p1), _), ((b2, p2), _)| {
+            let (w1, a1, o1) = places[*p1];
+            let (w2, a2, o2) = places[*p2];
+            (b1, w1.to_bits(), a1, o1).cmp(&(b2, w2.to_bits(), a2, o2))
+        });
         let mut levels = BaselineLevels::new(utc_offset_min);
         let mut models: HashMap<u32, LedPowerModel> = HashMap::new();
-        while let Some(r) = rows.next().map_err(self.sql())? {
-            let get = || -> rusqlite::Result<(i64, f64, i64, i64, i64, i64)> {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            };
-            let (bucket_s, rated_w, lat_q, lon_q, lamps, dwh) = get().map_err(self.sql())?;
+        for ((bucket_s, place), (lamps, dwh)) in groups {
+            let (rated_w, lat_q, lon_q) = places[place];
             let rated_w = rated_w as f32;
             let model = *models
                 .entry(rated_w.to_bits())
