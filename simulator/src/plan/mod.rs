@@ -48,9 +48,9 @@
 //! Nodes and controller talk over a simulated IP link (MQTT over TCP): each packet takes
 //! 50-200 ms. A loss (0.5 % by default) on TCP is a retransmission: the packet arrives one
 //! retransmission timeout later (1 s, doubling) - [`LossMode::Retransmit`]. With
-//! [`LossMode::Drop`], or in a [`Fault::PacketLoss`] spell, packets are lost for good. The
-//! LoRa radio (airtime, duty cycle, collisions) is left for later: planning runs model the
-//! IP-connected deployment.
+//! [`LossMode::Drop`], or in a [`Fault::PacketLoss`] spell, packets are lost for good.
+//! With `--radio lorawan` the nodes are on an EU868 radio instead ([`radio`]: gateways on a
+//! grid, airtime per spreading factor, LoRaSim collisions and capture, duty cycles).
 //!
 //! # What is measured
 //!
