@@ -15,7 +15,7 @@
 //! sends real frames). Policies run on separate threads; each run is a function of
 //! (options, seed) only.
 //!
-//! Time is an event queue (a calendar of (time, sequence, event), [`queue`]), not fixed steps: a node
+//! Time is an event queue (a calendar of (time, sequence, event), in `queue.rs`), not fixed steps: a node
 //! is woken when its own `poll_timeout` says (when a ramp ends, for its reports, when a hold
 //! or its silence timeout ends, and each minute while it runs its fail-safe profile; the
 //! minute wake-ups of a commanded node change nothing and are skipped, exactly), the
