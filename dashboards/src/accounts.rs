@@ -41,7 +41,7 @@ pub const MIN_PASSWORD_CHARS: usize = 10;
 /// Longest password accepted (argon2 takes any length; this bounds the work per attempt).
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE users (
@@ -86,6 +86,22 @@ CREATE TABLE zone_settings (
     updated_ms INTEGER NOT NULL,
     username TEXT NOT NULL,
     PRIMARY KEY (tenant, zone)
+);
+";
+
+/// Version 2: overrides in force, so that a restart applies them again. `target` is the
+/// target as JSON; `tenant` is '' for an account of every tenant.
+const SCHEMA_2: &str = "
+CREATE TABLE overrides (
+    target TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    level_pct INTEGER NOT NULL,
+    lamps INTEGER NOT NULL,
+    from_ms INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    username TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (target, tenant)
 );
 ";
 
@@ -314,10 +330,13 @@ impl Accounts {
                 found: version,
             });
         }
-        if version < 1 {
-            // IMMEDIATE: two processes opening a new file at once do not both migrate.
+        for (to, schema) in [(1, SCHEMA), (2, SCHEMA_2)] {
+            if version >= to {
+                continue;
+            }
+            // IMMEDIATE: two processes opening the file at once do not both migrate.
             conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN IMMEDIATE; {schema} PRAGMA user_version = {to}; COMMIT;"
             ))
             .or_else(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -325,7 +344,7 @@ impl Accounts {
                 let v: i64 = conn
                     .query_row("PRAGMA user_version", [], |r| r.get(0))
                     .map_err(sql)?;
-                if v >= 1 {
+                if v >= to {
                     Ok(())
                 } else {
                     Err(sql(e))
@@ -701,6 +720,111 @@ impl Accounts {
     }
 }
 
+impl Accounts {
+    /// Keeps an override in force (replacing one on the same target for the same tenant),
+    /// so that a restart applies it again.
+    pub fn save_override(&mut self, o: &crate::ActiveOverride) -> Result<(), AccountsError> {
+        let target = serde_json::to_string(&o.target).unwrap_or_default();
+        let tenant = o.tenant.as_ref().map_or("", |t| t.as_str());
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO overrides
+                    (target, tenant, level_pct, lamps, from_ms, until_ms, username, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    target,
+                    tenant,
+                    o.level_pct,
+                    o.lamps as i64,
+                    o.from_ms as i64,
+                    o.until_ms as i64,
+                    o.username,
+                    o.reason
+                ],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Forgets the override on `target` set for `tenant` (cleared).
+    pub fn delete_override(
+        &mut self,
+        target: &crate::OverrideTarget,
+        tenant: Option<&TenantId>,
+    ) -> Result<(), AccountsError> {
+        let target = serde_json::to_string(target).unwrap_or_default();
+        self.conn
+            .execute(
+                "DELETE FROM overrides WHERE target = ?1 AND tenant = ?2",
+                params![target, tenant.map_or("", |t| t.as_str())],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// The overrides kept that are still in force at `now_ms`; expired ones are forgotten.
+    /// A row that no longer reads (edited by hand) is skipped with a warning.
+    pub fn saved_overrides(
+        &mut self,
+        now_ms: u64,
+    ) -> Result<Vec<crate::ActiveOverride>, AccountsError> {
+        self.conn
+            .execute(
+                "DELETE FROM overrides WHERE until_ms <= ?1",
+                params![now_ms as i64],
+            )
+            .map_err(self.sql())?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT target, tenant, level_pct, lamps, from_ms, until_ms, username, reason
+                 FROM overrides ORDER BY from_ms",
+            )
+            .map_err(self.sql())?;
+        type Row = (String, String, u8, i64, i64, i64, String, String);
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })
+            .map_err(self.sql())?
+            .collect::<Result<_, _>>()
+            .map_err(self.sql())?;
+        let mut out = Vec::new();
+        for (target, tenant, level_pct, lamps, from_ms, until_ms, username, reason) in rows {
+            let target = serde_json::from_str(&target).map_err(|e| e.to_string());
+            let tenant = match tenant.as_str() {
+                "" => Ok(None),
+                t => TenantId::new(t).map(Some).map_err(|e| e.to_string()),
+            };
+            match (target, tenant) {
+                (Ok(target), Ok(tenant)) => out.push(crate::ActiveOverride {
+                    target,
+                    tenant,
+                    level_pct: level_pct.min(100),
+                    lamps: lamps.max(0) as usize,
+                    from_ms: from_ms.max(0) as u64,
+                    until_ms: until_ms.max(0) as u64,
+                    username,
+                    reason,
+                }),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(file = %self.path.display(), error = %e, "saved override skipped")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A CSV field: quoted when it holds a comma, quote or line break; a leading `=`, `+`, `-`
 /// or `@` is prefixed with `'` so a spreadsheet never runs it as a formula.
 pub fn csv_field(s: &str) -> String {
@@ -885,5 +1009,48 @@ mod tests {
         );
         assert!(csv.contains(",'=cmd()"), "formula neutralised: {csv}");
         assert!(csv.starts_with("time,at_ms,username"));
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_file_gains_the_overrides_table_and_keeps_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(ACCOUNTS_FILE)).unwrap();
+            conn.execute_batch(&format!("{SCHEMA} PRAGMA user_version = 1;"))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO users (username, password_hash, role, tenant, created_ms)
+                 VALUES ('ada', 'x', 'admin', NULL, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut a = Accounts::open(dir.path()).unwrap();
+        assert_eq!(a.users(None).unwrap().len(), 1);
+        let o = crate::ActiveOverride {
+            target: crate::OverrideTarget::Town,
+            tenant: None,
+            level_pct: 80,
+            lamps: 3,
+            from_ms: 10,
+            until_ms: 2_000,
+            username: "ada".into(),
+            reason: "festival".into(),
+        };
+        a.save_override(&o).unwrap();
+        assert_eq!(a.saved_overrides(1_000).unwrap(), vec![o]);
+        // Expired: forgotten.
+        assert!(a.saved_overrides(2_000).unwrap().is_empty());
+        drop(a);
+        let version: i64 = Connection::open(dir.path().join(ACCOUNTS_FILE))
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }

@@ -121,7 +121,7 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What an override applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "scope", rename_all = "lowercase")]
 pub enum OverrideTarget {
     Lamp {
@@ -354,13 +354,41 @@ fn new_state(
     options: DashboardOptions,
     shutdown: Option<watch::Receiver<()>>,
 ) -> AppState {
-    AppState {
+    let state = AppState {
         source,
         accounts: Arc::new(Mutex::new(accounts)),
         throttle: Arc::new(throttle::Throttle::new()),
         overrides: Arc::new(Mutex::new(Vec::new())),
         options,
         shutdown,
+    };
+    restore_overrides(&state);
+    state
+}
+
+/// Overrides still in force when the dashboard last stopped apply again: an operator's
+/// incident override does not end with a restart.
+fn restore_overrides(state: &AppState) {
+    let now_ms = state.source.now_ms();
+    let saved = match state.accounts().saved_overrides(now_ms) {
+        Ok(saved) => saved,
+        Err(e) => {
+            tracing::error!(error = %e, "saved overrides not read");
+            return;
+        }
+    };
+    let mut list = state.overrides.lock().unwrap_or_else(|p| p.into_inner());
+    for o in saved {
+        match state
+            .source
+            .set_override(o.tenant.as_ref(), &o.target, Some(o.level_pct), o.until_ms)
+        {
+            Ok(lamps) => {
+                tracing::info!(target = %o.target, level_pct = o.level_pct, lamps, until_ms = o.until_ms, "override restored");
+                list.push(ActiveOverride { lamps, ..o });
+            }
+            Err(e) => tracing::warn!(target = %o.target, error = %e, "saved override not applied"),
+        }
     }
 }
 
@@ -1339,6 +1367,14 @@ async fn set_override(
         });
         list.push(active.clone());
     }
+    if let Err(e) = state.accounts().save_override(&active) {
+        tracing::error!(error = %e, "override not saved");
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the override is in force but could not be saved: a restart would end it",
+            &uri,
+        );
+    }
     (StatusCode::CREATED, live_json(active)).into_response()
 }
 
@@ -1390,6 +1426,14 @@ async fn clear_override(
     {
         let mut list = state.overrides.lock().unwrap_or_else(|p| p.into_inner());
         list.retain(|o| o.until_ms > now_ms && !(o.target == target && o.tenant == auth.0.tenant));
+    }
+    if let Err(e) = state.accounts().delete_override(&target, auth.tenant()) {
+        tracing::error!(error = %e, "cleared override not forgotten");
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the override is cleared but could not be forgotten: a restart would apply it again",
+            &uri,
+        );
     }
     live_json(serde_json::json!({ "cleared": lamps }))
 }

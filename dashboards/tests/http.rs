@@ -1182,6 +1182,93 @@ async fn viewers_cannot_override_and_tenants_see_only_their_lamps() {
     assert_eq!(res.status, 403);
 }
 
+/// A dashboard over `dir`'s accounts (made by [`start_accounts`]) with a fresh source: the
+/// same deployment after a restart.
+async fn restart(
+    dir: &std::path::Path,
+) -> (
+    SocketAddr,
+    Arc<TenantSource>,
+    JoinHandle<std::io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let source = Arc::new(TenantSource::default());
+    let accounts = Accounts::open(dir).unwrap();
+    let task = tokio::spawn(serve(
+        listener,
+        source.clone(),
+        accounts,
+        DashboardOptions::default(),
+    ));
+    (addr, source, task)
+}
+
+#[tokio::test]
+async fn an_override_outlives_a_restart_and_a_cleared_one_does_not_come_back() {
+    let s = start_accounts(DashboardOptions::default()).await;
+    let (cookie, csrf) = login(s.addr, "olga").await;
+    let ov = serde_json::json!({
+        "scope": "zone", "zone": 2, "level_pct": 100, "duration_s": 900, "reason": "gas leak"
+    })
+    .to_string();
+    let res = request_with(
+        s.addr,
+        "POST",
+        "/api/v1/overrides",
+        &[cookie, csrf],
+        Some(&ov),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    s._task.abort();
+
+    // The restarted dashboard applies it to the (new) controller as it starts (so before it
+    // answers a login), and lists it.
+    let (addr, source, task) = restart(s.dir.path()).await;
+    let (cookie, csrf) = login(addr, "olga").await;
+    {
+        let applied = source.overrides.lock().unwrap();
+        assert_eq!(applied.len(), 1, "{applied:?}");
+        assert_eq!(applied[0].2, Some(100));
+        assert_eq!(applied[0].3, 1_000_000 + 900_000, "it keeps its end");
+    }
+    let listed = request_with(
+        addr,
+        "GET",
+        "/api/v1/overrides",
+        std::slice::from_ref(&cookie),
+        None,
+    )
+    .await;
+    let o = &listed.json()["overrides"][0];
+    assert_eq!(
+        (o["target"]["zone"].as_u64(), o["level_pct"].as_u64()),
+        (Some(2), Some(100))
+    );
+    assert_eq!(o["reason"], "gas leak");
+    assert_eq!(o["username"], "olga");
+
+    let clear = serde_json::json!({"scope": "zone", "zone": 2, "reason": "made safe"}).to_string();
+    let res = request_with(
+        addr,
+        "POST",
+        "/api/v1/overrides/clear",
+        &[cookie, csrf],
+        Some(&clear),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    task.abort();
+    let (addr, source, task) = restart(s.dir.path()).await;
+    login(addr, "olga").await;
+    assert!(
+        source.overrides.lock().unwrap().is_empty(),
+        "a cleared override came back"
+    );
+    task.abort();
+}
+
 #[tokio::test]
 async fn overrides_are_audited_with_who_what_when_why_per_tenant_and_as_csv() {
     let s = start_accounts(DashboardOptions::default()).await;
