@@ -399,6 +399,71 @@ impl Accounts {
         }
     }
 
+    /// One user, by name.
+    pub fn user(&self, username: &str) -> Result<Option<UserInfo>, AccountsError> {
+        Ok(self
+            .users(None)?
+            .into_iter()
+            .find(|u| u.username == username))
+    }
+
+    /// Changes a user's role and/or password (hashed afresh). A new password ends the
+    /// user's sessions, so whoever held the old one is logged out. Returns false for an
+    /// unknown user.
+    pub fn update_user(
+        &mut self,
+        username: &str,
+        role: Option<Role>,
+        password: Option<&str>,
+    ) -> Result<bool, AccountsError> {
+        let hash = match password {
+            Some(p) => {
+                validate_password(p)?;
+                Some(hash_password(p)?)
+            }
+            None => None,
+        };
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|source| AccountsError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
+        let sql = |source| AccountsError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let found = tx
+            .execute(
+                "UPDATE users SET role = coalesce(?2, role),
+                    password_hash = coalesce(?3, password_hash)
+                 WHERE username = ?1",
+                params![username, role.map(|r| r.as_str()), hash],
+            )
+            .map_err(sql)?
+            > 0;
+        if found && hash.is_some() {
+            tx.execute(
+                "DELETE FROM sessions WHERE user_id = (SELECT id FROM users WHERE username = ?1)",
+                params![username],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        Ok(found)
+    }
+
+    /// Removes a user and ends their sessions. Returns false for an unknown user.
+    pub fn remove_user(&mut self, username: &str) -> Result<bool, AccountsError> {
+        // Sessions go with the user (ON DELETE CASCADE).
+        let n = self
+            .conn
+            .execute("DELETE FROM users WHERE username = ?1", params![username])
+            .map_err(self.sql())?;
+        Ok(n > 0)
+    }
+
     /// The users, all or one tenant's.
     pub fn users(&self, tenant: Option<&TenantId>) -> Result<Vec<UserInfo>, AccountsError> {
         let mut stmt = self

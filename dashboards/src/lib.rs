@@ -28,6 +28,8 @@
 //! | `GET /api/v1/energy`, `/half-hourly.csv`     | viewer   | kWh, GBP, CO2e, savings; CSV  |
 //! | `GET /api/v1/audit`, `/audit.csv`            | viewer   | who did what, when and why    |
 //! | `GET\|POST /api/v1/users`, `POST /tokens`    | admin    | accounts, audited             |
+//! | `PUT\|DELETE /api/v1/users/{name}`           | admin    | role, password reset, remove  |
+//! | `POST /api/v1/me/password`                   | viewer   | own password (session only)   |
 //! | `GET /api/v1/stream`                         | viewer   | SSE: `summary`, `zones` each s|
 //! | `GET /metrics`                               | no tenant| Prometheus text               |
 //! | `GET /healthz`                               | anyone   | `ok` (liveness, no data)      |
@@ -72,7 +74,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures::stream::{self, Stream, StreamExt};
 use lamplighter_protocol::{LampId, TenantId, ZoneId};
@@ -420,6 +422,11 @@ fn build_router(state: AppState) -> Router {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit.csv", get(audit_csv))
         .route("/api/v1/users", get(users).post(add_user))
+        .route(
+            "/api/v1/users/{username}",
+            put(update_user).delete(remove_user),
+        )
+        .route("/api/v1/me/password", post(change_own_password))
         .route("/api/v1/tokens", post(add_token))
         .route("/api/v1/stream", get(stream))
         .route("/metrics", get(metrics))
@@ -1645,6 +1652,219 @@ async fn add_user(
         ),
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateUserRequest {
+    role: Option<Role>,
+    /// A new password: the user's sessions end.
+    password: Option<String>,
+}
+
+/// The user `username` if the calling admin may manage them: a tenant's admin manages only
+/// that tenant's users. Anyone else is "not found", so an admin cannot probe other tenants'
+/// names.
+fn managed_user(
+    state: &AppState,
+    auth: &Auth,
+    username: &str,
+    uri: &Uri,
+) -> Result<accounts::UserInfo, Response> {
+    let not_found = || json_error(StatusCode::NOT_FOUND, &format!("no user {username:?}"), uri);
+    match state.accounts().user(username) {
+        Ok(Some(u)) if auth.tenant().is_none() || u.tenant.as_ref() == auth.tenant() => Ok(u),
+        Ok(_) => Err(not_found()),
+        Err(e) => Err(accounts_error(e, uri)),
+    }
+}
+
+/// An admin changes a user's role or resets their password (or both).
+async fn update_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    uri: Uri,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = auth.require(Role::Admin, &uri) {
+        return r;
+    }
+    let req: UpdateUserRequest = match json_body(&headers, &body, &uri) {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    if req.role.is_none() && req.password.is_none() {
+        return json_error(StatusCode::BAD_REQUEST, "give a role or a password", &uri);
+    }
+    let user = match managed_user(&state, &auth, &username, &uri) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if username == auth.0.username && req.role.is_some_and(|r| r != user.role) {
+        // The last admin demoting themselves would leave nobody to undo it.
+        return json_error(
+            StatusCode::CONFLICT,
+            "you cannot change your own role; ask another admin",
+            &uri,
+        );
+    }
+    let accounts = state.accounts.clone();
+    let (name, role, password) = (username.clone(), req.role, req.password.clone());
+    // Hashing a password takes a while: off the async workers.
+    let updated = tokio::task::spawn_blocking(move || {
+        let mut a = accounts.lock().unwrap_or_else(|p| p.into_inner());
+        a.update_user(&name, role, password.as_deref())
+    })
+    .await;
+    match updated {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                &format!("no user {username:?}"),
+                &uri,
+            )
+        }
+        Ok(Err(e)) => return accounts_error(e, &uri),
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &uri),
+    }
+    let detail = serde_json::json!({
+        "role": req.role.unwrap_or(user.role),
+        "password_reset": req.password.is_some(),
+    });
+    if let Err(e) = write_audit(
+        &state,
+        &auth,
+        user.tenant.as_ref(),
+        "user-update",
+        &format!("user {username}"),
+        &detail,
+        "",
+    ) {
+        return audit_failed(e, &uri);
+    }
+    live_json(serde_json::json!({
+        "username": username,
+        "role": req.role.unwrap_or(user.role),
+        "tenant": user.tenant,
+    }))
+}
+
+/// An admin removes a user; their sessions end with them.
+async fn remove_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    uri: Uri,
+    Path(username): Path<String>,
+) -> Response {
+    if let Err(r) = auth.require(Role::Admin, &uri) {
+        return r;
+    }
+    let user = match managed_user(&state, &auth, &username, &uri) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if username == auth.0.username {
+        return json_error(
+            StatusCode::CONFLICT,
+            "you cannot remove yourself; ask another admin",
+            &uri,
+        );
+    }
+    match state.accounts().remove_user(&username) {
+        Ok(true) => {}
+        Ok(false) => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                &format!("no user {username:?}"),
+                &uri,
+            )
+        }
+        Err(e) => return accounts_error(e, &uri),
+    }
+    let detail = serde_json::json!({ "role": user.role });
+    if let Err(e) = write_audit(
+        &state,
+        &auth,
+        user.tenant.as_ref(),
+        "user-remove",
+        &format!("user {username}"),
+        &detail,
+        "",
+    ) {
+        return audit_failed(e, &uri);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+/// A logged-in user changes their own password, giving the current one. Every session of
+/// theirs ends, this one too: they log in again with the new password.
+async fn change_own_password(
+    State(state): State<AppState>,
+    auth: Auth,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !matches!(auth.1, Credential::Session(_)) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "an API token has no password; log in to change yours",
+            &uri,
+        );
+    }
+    let req: PasswordChange = match json_body(&headers, &body, &uri) {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    // The same throttle as logins: a stolen session cannot guess the password here either.
+    let user_key = format!("user:{}", auth.0.username.to_lowercase());
+    if let Err(wait) = state.throttle.check(&user_key, Instant::now()) {
+        return retry_after(&uri, wait);
+    }
+    let accounts = state.accounts.clone();
+    let username = auth.0.username.clone();
+    let changed = tokio::task::spawn_blocking(move || {
+        let mut a = accounts.lock().unwrap_or_else(|p| p.into_inner());
+        match a.check_password(&username, &req.current_password)? {
+            None => Ok(false),
+            Some(_) => a.update_user(&username, None, Some(&req.new_password)),
+        }
+    })
+    .await;
+    match changed {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            state
+                .throttle
+                .fail(&user_key, throttle::FREE_FAILURES_PER_USER, Instant::now());
+            return json_error(StatusCode::FORBIDDEN, "the current password is wrong", &uri);
+        }
+        Ok(Err(e)) => return accounts_error(e, &uri),
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &uri),
+    }
+    let detail = serde_json::json!({});
+    if let Err(e) = write_audit(
+        &state,
+        &auth,
+        auth.tenant(),
+        "password-change",
+        &format!("user {}", auth.0.username),
+        &detail,
+        "",
+    ) {
+        return audit_failed(e, &uri);
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn add_token(

@@ -845,6 +845,9 @@ async fn without_credentials_every_api_route_but_login_answers_401() {
         ("GET", "/api/v1/audit.csv"),
         ("GET", "/api/v1/users"),
         ("POST", "/api/v1/users"),
+        ("PUT", "/api/v1/users/vic"),
+        ("DELETE", "/api/v1/users/vic"),
+        ("POST", "/api/v1/me/password"),
         ("POST", "/api/v1/tokens"),
         ("POST", "/api/v1/logout"),
         ("GET", "/metrics"),
@@ -1380,6 +1383,189 @@ async fn overrides_are_audited_with_who_what_when_why_per_tenant_and_as_csv() {
     let (admin, _) = login(s.addr, "ada").await;
     let all = request_with(s.addr, "GET", "/api/v1/audit", &[admin], None).await;
     assert_eq!(all.json().as_array().unwrap().len(), 2);
+}
+
+async fn login_status(addr: SocketAddr, user: &str, password: &str) -> u16 {
+    let body = serde_json::json!({ "username": user, "password": password }).to_string();
+    request_with(addr, "POST", "/api/v1/login", &[], Some(&body))
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn admins_change_roles_reset_passwords_and_remove_users_in_their_reach() {
+    let s = start_accounts(DashboardOptions::default()).await;
+    let mut cli = Accounts::open(s.dir.path()).unwrap();
+    let south = TenantId::new("south").unwrap();
+    cli.add_user("sam", PASSWORD, Role::Viewer, Some(&south), 0)
+        .unwrap();
+    let north = TenantId::new("north").unwrap();
+    let north_admin = bearer(&cli.add_token(Role::Admin, Some(&north), "", 0).unwrap());
+    drop(cli);
+    let json = |v: serde_json::Value| v.to_string();
+    let (vic, _) = login(s.addr, "vic").await;
+
+    // Another tenant's user does not exist for a tenant's admin.
+    let body = json(serde_json::json!({ "role": "admin" }));
+    let res = request_with(
+        s.addr,
+        "PUT",
+        "/api/v1/users/sam",
+        std::slice::from_ref(&north_admin),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(res.status, 404);
+    let res = request_with(
+        s.addr,
+        "DELETE",
+        "/api/v1/users/sam",
+        std::slice::from_ref(&north_admin),
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 404);
+
+    // vic becomes an operator: the session in hand has the new role at once.
+    let body = json(serde_json::json!({ "role": "operator" }));
+    let res = request_with(
+        s.addr,
+        "PUT",
+        "/api/v1/users/vic",
+        std::slice::from_ref(&north_admin),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let me = request_with(
+        s.addr,
+        "GET",
+        "/api/v1/me",
+        std::slice::from_ref(&vic),
+        None,
+    )
+    .await;
+    assert_eq!(me.json()["role"], "operator");
+
+    // A password reset ends vic's sessions; only the new password logs in.
+    let new_password = "a much longer new password";
+    let body = json(serde_json::json!({ "password": new_password }));
+    let res = request_with(
+        s.addr,
+        "PUT",
+        "/api/v1/users/vic",
+        std::slice::from_ref(&north_admin),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let me = request_with(
+        s.addr,
+        "GET",
+        "/api/v1/me",
+        std::slice::from_ref(&vic),
+        None,
+    )
+    .await;
+    assert_eq!(me.status, 401, "the old session ended");
+    assert_eq!(login_status(s.addr, "vic", PASSWORD).await, 401);
+    assert_eq!(login_status(s.addr, "vic", new_password).await, 200);
+    let body = json(serde_json::json!({ "password": "short" }));
+    let res = request_with(
+        s.addr,
+        "PUT",
+        "/api/v1/users/vic",
+        std::slice::from_ref(&north_admin),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(res.status, 400, "a weak password is refused");
+
+    // An admin cannot remove themselves or change their own role; removing vic ends vic.
+    let (ada, ada_csrf) = login(s.addr, "ada").await;
+    let res = request_with(
+        s.addr,
+        "DELETE",
+        "/api/v1/users/ada",
+        &[ada.clone(), ada_csrf.clone()],
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 409);
+    let body = json(serde_json::json!({ "role": "viewer" }));
+    let res = request_with(
+        s.addr,
+        "PUT",
+        "/api/v1/users/ada",
+        &[ada.clone(), ada_csrf.clone()],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(res.status, 409);
+    let res = request_with(
+        s.addr,
+        "DELETE",
+        "/api/v1/users/vic",
+        &[ada.clone(), ada_csrf],
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 204, "{}", res.body);
+    assert_eq!(login_status(s.addr, "vic", new_password).await, 401);
+
+    let audit = request_with(s.addr, "GET", "/api/v1/audit", &[ada], None).await;
+    let actions: Vec<String> = audit
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["action"].as_str().unwrap(),
+                a["target"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for want in ["user-update user vic", "user-remove user vic"] {
+        assert!(
+            actions.iter().any(|a| a == want),
+            "{want} not in {actions:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn users_change_their_own_password_with_the_current_one() {
+    let s = start_accounts(DashboardOptions::default()).await;
+    let (olga, csrf) = login(s.addr, "olga").await;
+    let change = |current: &str, new: &str| {
+        serde_json::json!({ "current_password": current, "new_password": new }).to_string()
+    };
+    let new_password = "olga's brand new passphrase";
+    let res = request_with(
+        s.addr,
+        "POST",
+        "/api/v1/me/password",
+        &[olga.clone(), csrf.clone()],
+        Some(&change("not my password", new_password)),
+    )
+    .await;
+    assert_eq!(res.status, 403);
+    assert_eq!(login_status(s.addr, "olga", new_password).await, 401);
+    let res = request_with(
+        s.addr,
+        "POST",
+        "/api/v1/me/password",
+        &[olga.clone(), csrf],
+        Some(&change(PASSWORD, new_password)),
+    )
+    .await;
+    assert_eq!(res.status, 204, "{}", res.body);
+    let me = request_with(s.addr, "GET", "/api/v1/me", &[olga], None).await;
+    assert_eq!(me.status, 401, "every session ends, this one too");
+    assert_eq!(login_status(s.addr, "olga", PASSWORD).await, 401);
+    assert_eq!(login_status(s.addr, "olga", new_password).await, 200);
 }
 
 #[tokio::test]
