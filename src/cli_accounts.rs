@@ -1,4 +1,4 @@
-//! `lamplighter users add` and `lamplighter tokens add`: accounts for the dashboard and its
+//! `lamplighter users add|list|passwd|set-role|remove` and `lamplighter tokens add`: accounts for the dashboard and its
 //! API, written to `<data-dir>/accounts.sqlite` (WAL), which the running server reads on
 //! every request, so both work while the system runs. The work is in
 //! `lamplighter_dashboards::accounts`.
@@ -20,6 +20,31 @@ pub enum UsersCommand {
     List {
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Sets a user's password, read from standard input (one line), and ends their sessions:
+    /// the way back in for an admin who forgot theirs.
+    Passwd {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        username: String,
+    },
+    /// Changes a user's role.
+    SetRole {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        username: String,
+        /// viewer | operator | admin
+        #[arg(long)]
+        role: String,
+    },
+    /// Removes a user and ends their sessions.
+    Remove {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        username: String,
     },
 }
 
@@ -80,15 +105,10 @@ pub fn run_users(command: UsersCommand) -> Result<()> {
             let role = role(&args.role)?;
             let tenant = tenant(args.tenant.as_deref())?;
             accounts::validate_username(&args.username)?;
-            let mut input = String::new();
-            std::io::stdin()
-                .take(accounts::MAX_PASSWORD_BYTES as u64 + 2)
-                .read_to_string(&mut input)
-                .context("cannot read the password from standard input")?;
-            let password = input.lines().next().unwrap_or("");
+            let password = password_from_stdin()?;
             let dir = data_dir(args.data_dir)?;
             let mut accounts = Accounts::open(&dir)?;
-            accounts.add_user(&args.username, password, role, tenant.as_ref(), wall_ms())?;
+            accounts.add_user(&args.username, &password, role, tenant.as_ref(), wall_ms())?;
             eprintln!(
                 "lamplighter: added {} ({role}{}) to {}",
                 args.username,
@@ -112,7 +132,54 @@ pub fn run_users(command: UsersCommand) -> Result<()> {
             }
             Ok(())
         }
+        UsersCommand::Passwd {
+            data_dir: d,
+            username,
+        } => {
+            let password = password_from_stdin()?;
+            let mut accounts = Accounts::open(&data_dir(d)?)?;
+            if !accounts.update_user(&username, None, Some(&password))? {
+                anyhow::bail!("no user {username:?} in {}", accounts.path().display());
+            }
+            eprintln!("lamplighter: new password for {username}; their sessions ended");
+            Ok(())
+        }
+        UsersCommand::SetRole {
+            data_dir: d,
+            username,
+            role: r,
+        } => {
+            let role = role(&r)?;
+            let mut accounts = Accounts::open(&data_dir(d)?)?;
+            if !accounts.update_user(&username, Some(role), None)? {
+                anyhow::bail!("no user {username:?} in {}", accounts.path().display());
+            }
+            eprintln!("lamplighter: {username} is now {role}");
+            Ok(())
+        }
+        UsersCommand::Remove {
+            data_dir: d,
+            username,
+        } => {
+            let mut accounts = Accounts::open(&data_dir(d)?)?;
+            if !accounts.remove_user(&username)? {
+                anyhow::bail!("no user {username:?} in {}", accounts.path().display());
+            }
+            eprintln!("lamplighter: removed {username}");
+            Ok(())
+        }
     }
+}
+
+/// One line of standard input: a password is never an argument (it would sit in the shell's
+/// history and the process list).
+fn password_from_stdin() -> Result<String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .take(accounts::MAX_PASSWORD_BYTES as u64 + 2)
+        .read_to_string(&mut input)
+        .context("cannot read the password from standard input")?;
+    Ok(input.lines().next().unwrap_or("").to_string())
 }
 
 pub fn run_tokens(command: TokensCommand) -> Result<()> {
