@@ -1600,6 +1600,30 @@ async fn users(State(state): State<AppState>, auth: Auth, uri: Uri) -> Response 
     }
 }
 
+/// Runs `f` on the accounts off the async workers (argon2 is deliberately slow); its error,
+/// or a panic, becomes the error response.
+async fn accounts_blocking<T: Send + 'static>(
+    state: &AppState,
+    uri: &Uri,
+    f: impl FnOnce(&mut Accounts) -> Result<T, AccountsError> + Send + 'static,
+) -> Result<T, Response> {
+    let accounts = state.accounts.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut a = accounts.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut a)
+    })
+    .await;
+    match done {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(accounts_error(e, uri)),
+        Err(e) => Err(json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &e.to_string(),
+            uri,
+        )),
+    }
+}
+
 async fn add_user(
     State(state): State<AppState>,
     auth: Auth,
@@ -1618,20 +1642,15 @@ async fn add_user(
         Ok(t) => t,
         Err(r) => return r,
     };
-    let accounts = state.accounts.clone();
     let (username, password, role, t) = (req.username, req.password, req.role, tenant.clone());
-    let added = tokio::task::spawn_blocking(move || {
-        let mut a = accounts.lock().unwrap_or_else(|p| p.into_inner());
+    let added = accounts_blocking(&state, &uri, move |a| {
         a.add_user(&username, &password, role, t.as_ref(), wall_ms())
             .map(|id| (id, username))
     })
     .await;
     let (id, username) = match added {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return accounts_error(e, &uri),
-        Err(e) => {
-            return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &uri);
-        }
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let detail = serde_json::json!({ "role": role, "tenant": tenant });
     if let Err(e) = write_audit(
@@ -1710,25 +1729,21 @@ async fn update_user(
             &uri,
         );
     }
-    let accounts = state.accounts.clone();
     let (name, role, password) = (username.clone(), req.role, req.password.clone());
-    // Hashing a password takes a while: off the async workers.
-    let updated = tokio::task::spawn_blocking(move || {
-        let mut a = accounts.lock().unwrap_or_else(|p| p.into_inner());
+    let updated = accounts_blocking(&state, &uri, move |a| {
         a.update_user(&name, role, password.as_deref())
     })
     .await;
     match updated {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => {
+        Ok(true) => {}
+        Ok(false) => {
             return json_error(
                 StatusCode::NOT_FOUND,
                 &format!("no user {username:?}"),
                 &uri,
             )
         }
-        Ok(Err(e)) => return accounts_error(e, &uri),
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &uri),
+        Err(r) => return r,
     }
     let detail = serde_json::json!({
         "role": req.role.unwrap_or(user.role),
@@ -1831,10 +1846,8 @@ async fn change_own_password(
     if let Err(wait) = state.throttle.check(&user_key, Instant::now()) {
         return retry_after(&uri, wait);
     }
-    let accounts = state.accounts.clone();
     let username = auth.0.username.clone();
-    let changed = tokio::task::spawn_blocking(move || {
-        let mut a = accounts.lock().unwrap_or_else(|p| p.into_inner());
+    let changed = accounts_blocking(&state, &uri, move |a| {
         match a.check_password(&username, &req.current_password)? {
             None => Ok(false),
             Some(_) => a.update_user(&username, None, Some(&req.new_password)),
@@ -1842,15 +1855,14 @@ async fn change_own_password(
     })
     .await;
     match changed {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => {
+        Ok(true) => {}
+        Ok(false) => {
             state
                 .throttle
                 .fail(&user_key, throttle::FREE_FAILURES_PER_USER, Instant::now());
             return json_error(StatusCode::FORBIDDEN, "the current password is wrong", &uri);
         }
-        Ok(Err(e)) => return accounts_error(e, &uri),
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &uri),
+        Err(r) => return r,
     }
     let detail = serde_json::json!({});
     if let Err(e) = write_audit(
