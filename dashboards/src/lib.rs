@@ -1681,6 +1681,10 @@ struct UpdateUserRequest {
     password: Option<String>,
 }
 
+fn no_user(username: &str, uri: &Uri) -> Response {
+    json_error(StatusCode::NOT_FOUND, &format!("no user {username:?}"), uri)
+}
+
 /// The user `username` if the calling admin may manage them: a tenant's admin manages only
 /// that tenant's users. Anyone else is "not found", so an admin cannot probe other tenants'
 /// names.
@@ -1690,10 +1694,9 @@ fn managed_user(
     username: &str,
     uri: &Uri,
 ) -> Result<accounts::UserInfo, Response> {
-    let not_found = || json_error(StatusCode::NOT_FOUND, &format!("no user {username:?}"), uri);
     match state.accounts().user(username) {
         Ok(Some(u)) if auth.tenant().is_none() || u.tenant.as_ref() == auth.tenant() => Ok(u),
-        Ok(_) => Err(not_found()),
+        Ok(_) => Err(no_user(username, uri)),
         Err(e) => Err(accounts_error(e, uri)),
     }
 }
@@ -1736,13 +1739,7 @@ async fn update_user(
     .await;
     match updated {
         Ok(true) => {}
-        Ok(false) => {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                &format!("no user {username:?}"),
-                &uri,
-            )
-        }
+        Ok(false) => return no_user(&username, &uri),
         Err(r) => return r,
     }
     let detail = serde_json::json!({
@@ -1790,13 +1787,7 @@ async fn remove_user(
     }
     match state.accounts().remove_user(&username) {
         Ok(true) => {}
-        Ok(false) => {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                &format!("no user {username:?}"),
-                &uri,
-            )
-        }
+        Ok(false) => return no_user(&username, &uri),
         Err(e) => return accounts_error(e, &uri),
     }
     let detail = serde_json::json!({ "role": user.role });

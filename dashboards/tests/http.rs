@@ -1392,138 +1392,94 @@ async fn login_status(addr: SocketAddr, user: &str, password: &str) -> u16 {
         .status
 }
 
+/// A request with these header lines and, if given, this JSON body.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&String],
+    body: Option<serde_json::Value>,
+) -> Response {
+    let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    let body = body.map(|b| b.to_string());
+    request_with(addr, method, path, &headers, body.as_deref()).await
+}
+
 #[tokio::test]
 async fn admins_change_roles_reset_passwords_and_remove_users_in_their_reach() {
+    use serde_json::json;
     let s = start_accounts(DashboardOptions::default()).await;
     let mut cli = Accounts::open(s.dir.path()).unwrap();
     let south = TenantId::new("south").unwrap();
     cli.add_user("sam", PASSWORD, Role::Viewer, Some(&south), 0)
         .unwrap();
     let north = TenantId::new("north").unwrap();
-    let north_admin = bearer(&cli.add_token(Role::Admin, Some(&north), "", 0).unwrap());
+    let admin = bearer(&cli.add_token(Role::Admin, Some(&north), "", 0).unwrap());
     drop(cli);
-    let json = |v: serde_json::Value| v.to_string();
     let (vic, _) = login(s.addr, "vic").await;
+    let a = s.addr;
 
     // Another tenant's user does not exist for a tenant's admin.
-    let body = json(serde_json::json!({ "role": "admin" }));
-    let res = request_with(
-        s.addr,
+    let res = call(
+        a,
         "PUT",
         "/api/v1/users/sam",
-        std::slice::from_ref(&north_admin),
-        Some(&body),
+        &[&admin],
+        Some(json!({ "role": "admin" })),
     )
     .await;
     assert_eq!(res.status, 404);
-    let res = request_with(
-        s.addr,
-        "DELETE",
-        "/api/v1/users/sam",
-        std::slice::from_ref(&north_admin),
-        None,
-    )
-    .await;
+    let res = call(a, "DELETE", "/api/v1/users/sam", &[&admin], None).await;
     assert_eq!(res.status, 404);
 
     // vic becomes an operator: the session in hand has the new role at once.
-    let body = json(serde_json::json!({ "role": "operator" }));
-    let res = request_with(
-        s.addr,
+    let res = call(
+        a,
         "PUT",
         "/api/v1/users/vic",
-        std::slice::from_ref(&north_admin),
-        Some(&body),
+        &[&admin],
+        Some(json!({ "role": "operator" })),
     )
     .await;
     assert_eq!(res.status, 200, "{}", res.body);
-    let me = request_with(
-        s.addr,
-        "GET",
-        "/api/v1/me",
-        std::slice::from_ref(&vic),
-        None,
-    )
-    .await;
+    let me = call(a, "GET", "/api/v1/me", &[&vic], None).await;
     assert_eq!(me.json()["role"], "operator");
 
     // A password reset ends vic's sessions; only the new password logs in.
     let new_password = "a much longer new password";
-    let body = json(serde_json::json!({ "password": new_password }));
-    let res = request_with(
-        s.addr,
-        "PUT",
-        "/api/v1/users/vic",
-        std::slice::from_ref(&north_admin),
-        Some(&body),
-    )
-    .await;
+    let reset = json!({ "password": new_password });
+    let res = call(a, "PUT", "/api/v1/users/vic", &[&admin], Some(reset)).await;
     assert_eq!(res.status, 200, "{}", res.body);
-    let me = request_with(
-        s.addr,
-        "GET",
-        "/api/v1/me",
-        std::slice::from_ref(&vic),
-        None,
-    )
-    .await;
+    let me = call(a, "GET", "/api/v1/me", &[&vic], None).await;
     assert_eq!(me.status, 401, "the old session ended");
-    assert_eq!(login_status(s.addr, "vic", PASSWORD).await, 401);
-    assert_eq!(login_status(s.addr, "vic", new_password).await, 200);
-    let body = json(serde_json::json!({ "password": "short" }));
-    let res = request_with(
-        s.addr,
-        "PUT",
-        "/api/v1/users/vic",
-        std::slice::from_ref(&north_admin),
-        Some(&body),
-    )
-    .await;
+    assert_eq!(login_status(a, "vic", PASSWORD).await, 401);
+    assert_eq!(login_status(a, "vic", new_password).await, 200);
+    let weak = json!({ "password": "short" });
+    let res = call(a, "PUT", "/api/v1/users/vic", &[&admin], Some(weak)).await;
     assert_eq!(res.status, 400, "a weak password is refused");
 
     // An admin cannot remove themselves or change their own role; removing vic ends vic.
-    let (ada, ada_csrf) = login(s.addr, "ada").await;
-    let res = request_with(
-        s.addr,
-        "DELETE",
-        "/api/v1/users/ada",
-        &[ada.clone(), ada_csrf.clone()],
-        None,
-    )
-    .await;
+    let (ada, csrf) = login(a, "ada").await;
+    let res = call(a, "DELETE", "/api/v1/users/ada", &[&ada, &csrf], None).await;
     assert_eq!(res.status, 409);
-    let body = json(serde_json::json!({ "role": "viewer" }));
-    let res = request_with(
-        s.addr,
-        "PUT",
-        "/api/v1/users/ada",
-        &[ada.clone(), ada_csrf.clone()],
-        Some(&body),
-    )
-    .await;
+    let demote = json!({ "role": "viewer" });
+    let res = call(a, "PUT", "/api/v1/users/ada", &[&ada, &csrf], Some(demote)).await;
     assert_eq!(res.status, 409);
-    let res = request_with(
-        s.addr,
-        "DELETE",
-        "/api/v1/users/vic",
-        &[ada.clone(), ada_csrf],
-        None,
-    )
-    .await;
+    let res = call(a, "DELETE", "/api/v1/users/vic", &[&ada, &csrf], None).await;
     assert_eq!(res.status, 204, "{}", res.body);
-    assert_eq!(login_status(s.addr, "vic", new_password).await, 401);
+    assert_eq!(login_status(a, "vic", new_password).await, 401);
 
-    let audit = request_with(s.addr, "GET", "/api/v1/audit", &[ada], None).await;
+    let audit = call(a, "GET", "/api/v1/audit", &[&ada], None).await;
     let actions: Vec<String> = audit
         .json()
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| {
+        .map(|e| {
             format!(
                 "{} {}",
-                a["action"].as_str().unwrap(),
-                a["target"].as_str().unwrap()
+                e["action"].as_str().unwrap(),
+                e["target"].as_str().unwrap()
             )
         })
         .collect();

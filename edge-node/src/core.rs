@@ -446,10 +446,10 @@ impl NodeCore {
             self.counters.downlinks_rejected += 1;
             return Err(DownlinkError::NotJoined);
         }
-        if self.last_fcnt_down.is_some_and(|last| fcnt_down <= last) {
+        if let Some(last) = self.last_fcnt_down.filter(|&last| fcnt_down <= last) {
             self.counters.downlinks_rejected += 1;
             return Err(DownlinkError::Frame(FrameError::Replay {
-                last: self.last_fcnt_down.unwrap_or(0),
+                last,
                 got: fcnt_down,
             }));
         }

@@ -476,9 +476,8 @@ impl ControllerCore {
         self.lamps.len()
     }
     pub fn neighbours_of(&self, lamp: LampId) -> Vec<LampId> {
-        self.by_lamp
-            .get(&lamp)
-            .map(|&i| {
+        self.lamp_index(lamp)
+            .map(|i| {
                 self.neighbours[i]
                     .iter()
                     .map(|&j| self.lamps[j].node.lamp)
@@ -487,14 +486,13 @@ impl ControllerCore {
             .unwrap_or_default()
     }
     pub fn node(&self, lamp: LampId) -> Option<&ProvisionedNode> {
-        self.by_lamp.get(&lamp).map(|&i| &self.lamps[i].node)
+        self.lamp_index(lamp).map(|i| &self.lamps[i].node)
     }
     /// Whether an operator override holds the lamp at `now` (a lamp lit by day on purpose
     /// is not day-burning).
     pub fn override_active(&self, lamp: LampId, now: UnixMs) -> bool {
-        self.by_lamp
-            .get(&lamp)
-            .and_then(|&i| self.lamps[i].override_)
+        self.lamp_index(lamp)
+            .and_then(|i| self.lamps[i].override_)
             .is_some_and(|o| now < o.until)
     }
 
@@ -506,11 +504,12 @@ impl ControllerCore {
         phy: &[u8],
     ) -> Result<LampId, Rejection> {
         let result = self.accept_uplink(now, topic, phy);
-        self.count(now, &result);
+        self.count_outcome(now, &result);
         result
     }
 
-    fn count(&mut self, now: UnixMs, result: &Result<LampId, Rejection>) {
+    /// Counts an uplink accepted or rejected (by reason, with an event for the store).
+    fn count_outcome(&mut self, now: UnixMs, result: &Result<LampId, Rejection>) {
         match result {
             Ok(_) => self.counters.uplinks += 1,
             Err(r) => {
@@ -583,7 +582,7 @@ impl ControllerCore {
                 _ => Ok(self.accept_report(now, i, fcnt_up, report)),
             },
         };
-        self.count(now, &result);
+        self.count_outcome(now, &result);
         result
     }
 
@@ -690,7 +689,7 @@ impl ControllerCore {
         level_pct: Option<u8>,
         until: UnixMs,
     ) {
-        if let Some(&i) = self.by_lamp.get(&lamp) {
+        if let Some(i) = self.lamp_index(lamp) {
             self.lamps[i].override_ = level_pct.map(|level_pct| Override {
                 level_pct: level_pct.min(100),
                 until,
@@ -838,11 +837,7 @@ impl ControllerCore {
     /// The topic and LoRaWAN frame that carry a command to its node (sealed in the node's
     /// session under the command's `fcnt_down`).
     pub fn downlink(&self, o: &Outgoing) -> Result<(String, Vec<u8>), SealError> {
-        let node = self
-            .by_lamp
-            .get(&o.lamp)
-            .map(|&i| &self.lamps[i].node)
-            .ok_or(SealError::UnknownLamp(o.lamp))?;
+        let node = self.node(o.lamp).ok_or(SealError::UnknownLamp(o.lamp))?;
         let frame = DataFrame {
             mtype: MType::UnconfirmedDataDown,
             dev_addr: node.dev_addr,

@@ -918,9 +918,9 @@ impl<'s, 'a> Sim<'s, 'a> {
         if n.core.target_pct() != before {
             self.out.level_changes += 1;
         }
-        let mut frames = Vec::new();
+        let mut reports = Vec::new();
         while let Some(uplink) = n.core.poll_report(nn) {
-            frames.push(uplink);
+            reports.push(uplink);
         }
         if self.pending_heal.is_some()
             && !n.converged
@@ -951,7 +951,7 @@ impl<'s, 'a> Sim<'s, 'a> {
             n.next_wake = wake;
             self.push(wake, Ev::Wake(i as u32));
         }
-        for uplink in frames {
+        for uplink in reports {
             self.out.uplinks_sent += 1;
             if let Some(r) = self.radio.as_mut() {
                 let channel = self.link_rng.gen_range(0..3);
