@@ -69,6 +69,17 @@ impl DarkSpell {
         self.0.set(Some((key.0, key.1, spell)));
         spell.dark
     }
+
+    /// The first instant after `now` at which [`DarkSpell::is_dark`] may answer otherwise:
+    /// the end of the spell holding `now` (dusk, dawn, or where a polar spell's search was
+    /// cut).
+    pub fn spell_end(&self, lat_deg: f64, lon_deg: f64, now: UnixMs) -> UnixMs {
+        self.is_dark(lat_deg, lon_deg, now);
+        match self.0.get() {
+            Some((_, _, s)) => UnixMs(s.until_ms.max(now.0 + 1)),
+            None => UnixMs(now.0 + 1),
+        }
+    }
 }
 
 /// The sun's elevation never changes faster than the Earth turns, 15 degrees an hour

@@ -266,6 +266,14 @@ impl ZoneState {
             .is_some_and(|t| now.since(t) <= policy.demand_stale_s as u64 * 1000)
     }
 
+    /// When [`ZoneState::demand_known`] turns false unless another report comes (`None`:
+    /// not known now).
+    pub fn demand_known_until(&self, now: UnixMs, policy: &PolicyConfig) -> Option<UnixMs> {
+        self.last_report
+            .map(|t| t.plus_ms(policy.demand_stale_s as u64 * 1000 + 1))
+            .filter(|&until| until > now)
+    }
+
     /// The class in force, or `None` when demand is unknown (no recent reports).
     pub fn class_in_force(&self, now: UnixMs, policy: &PolicyConfig) -> Option<ClassInForce> {
         if !self.demand_known(now, policy) {

@@ -4,8 +4,9 @@
 //! topic it came on; it is checked (topic, DevAddr, FCnt, MIC, payload) and either rejected
 //! with a typed reason or taken into the lamp's state. A presence count starts a bubble at
 //! that lamp and its neighbours, which is decided at once. [`ControllerCore::handle_tick`]
-//! re-decides every lamp (the schedule, dusk and dawn, bubbles and overrides ending) and
-//! keeps nodes from falling silent. Commands leave through [`ControllerCore::poll_command`] as
+//! re-decides the lamps whose decision time may have changed (the schedule, dusk and dawn,
+//! bubbles and overrides ending, a zone's class) and keeps nodes from falling silent: each
+//! decision notes when the next one could differ, so a tick passes over the rest. Commands leave through [`ControllerCore::poll_command`] as
 //! ready-to-publish frames, and everything worth keeping through
 //! [`ControllerCore::poll_event`] for the store.
 //!
@@ -291,6 +292,9 @@ struct LampState {
     presence_total: u64,
     /// Dusk and dawn at the lamp.
     dark: sun::DarkSpell,
+    /// Until then, a tick would decide this lamp as last time (nothing it was decided on
+    /// changes with time before it); see [`ControllerCore::recheck_at`].
+    recheck_at: UnixMs,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -448,6 +452,7 @@ impl ControllerCore {
                     energy_wh: 0.0,
                     presence_total: 0,
                     dark: sun::DarkSpell::default(),
+                    recheck_at: UnixMs(0),
                 }
             })
             .collect();
@@ -617,12 +622,19 @@ impl ControllerCore {
         });
 
         if report.presence.total() > 0 {
+            let zone = self.lamps[i].zone;
             let until = now.plus_ms(policy::bubble_hold_ms(&self.config.policy, report.presence));
             for k in 0..=self.neighbours[i].len() {
                 let j = if k == 0 { i } else { self.neighbours[i][k - 1] };
                 let l = &mut self.lamps[j];
+                // A lamp already in a bubble was decided in it, and nothing else it was
+                // decided on has changed before its recheck time (unless its zone's class
+                // just did): a longer bubble alone would decide it the same.
+                let in_bubble = l.bubble_until.is_some_and(|t| now < t);
                 l.bubble_until = Some(l.bubble_until.map_or(until, |t| t.max(until)));
-                self.decide_lamp(now, j);
+                if !in_bubble || l.recheck_at <= now || (class_changed && l.zone == zone) {
+                    self.decide_lamp(now, j);
+                }
             }
         } else {
             self.reconcile(now, i, &report);
@@ -671,13 +683,20 @@ impl ControllerCore {
         }
     }
 
-    /// Time passed: end the demand intervals that are over, then re-decide every lamp.
+    /// Time passed: end the demand intervals that are over, then re-decide the lamps of
+    /// zones whose class changed and those whose recheck time has come. Any other lamp would
+    /// be decided as before, so passing over it changes nothing.
     pub fn handle_tick(&mut self, now: UnixMs) {
-        for zone in &mut self.zones {
-            zone.advance(now, &self.config.policy);
-        }
+        let class_changed: Vec<bool> = self
+            .zones
+            .iter_mut()
+            .map(|zone| zone.advance(now, &self.config.policy))
+            .collect();
         for i in 0..self.lamps.len() {
-            self.decide_lamp(now, i);
+            let lamp = &self.lamps[i];
+            if lamp.recheck_at <= now || class_changed[lamp.zone] {
+                self.decide_lamp(now, i);
+            }
         }
     }
 
@@ -773,9 +792,56 @@ impl ControllerCore {
                     && now.since(c.at) >= zone_policy.bubble_hold_s as u64 * 1000)
         });
         let changed = lamp.commanded.is_none_or(|c| c.level_pct != level_pct);
-        if !changed && !refresh_due {
-            return;
+        // The night profile is read by the minute where the policy falls back on it.
+        let by_minute = situation.dark && !(zone_policy.adaptive && situation.class.is_some());
+        if changed || refresh_due {
+            self.command(now, i, level_pct, reason);
         }
+        self.lamps[i].recheck_at = self.recheck_at(now, i, by_minute);
+    }
+
+    /// The first instant at which deciding lamp `i` again may give another answer than now
+    /// (or send again): dusk or dawn, a bubble or override ending, a refresh falling due, the
+    /// zone's demand going stale, and the next minute when the night profile is in play.
+    /// Early is harmless; late would miss a change.
+    fn recheck_at(&self, now: UnixMs, i: usize, by_minute: bool) -> UnixMs {
+        let lamp = &self.lamps[i];
+        let zone_policy = self
+            .zone_policies
+            .get(&lamp.zone)
+            .unwrap_or(&self.config.policy);
+        let mut at = lamp.dark.spell_end(lamp.node.lat, lamp.node.lon, now);
+        let mut upto = |t: UnixMs| {
+            if t > now {
+                at = at.min(t);
+            }
+        };
+        if let Some(t) = lamp.bubble_until {
+            upto(t);
+        }
+        if let Some(o) = lamp.override_ {
+            upto(o.until);
+        }
+        if let Some(c) = lamp.commanded {
+            upto(c.at.plus_ms(self.config.refresh_s as u64 * 1000));
+            if c.reason == Reason::Presence {
+                upto(c.at.plus_ms(zone_policy.bubble_hold_s as u64 * 1000));
+            }
+        }
+        if let Some(t) = self.zones[lamp.zone].demand_known_until(now, zone_policy) {
+            upto(t);
+        }
+        if by_minute {
+            upto(UnixMs((now.0 / 60_000 + 1) * 60_000));
+        }
+        at
+    }
+
+    /// Sends lamp `i` the command for `level_pct`, with the ramp and hold that go with it.
+    fn command(&mut self, now: UnixMs, i: usize, level_pct: u8, reason: Reason) {
+        let cfg = &self.config;
+        let lamp = &self.lamps[i];
+        let zone_policy = self.zone_policies.get(&lamp.zone).unwrap_or(&cfg.policy);
         let from = lamp
             .commanded
             .map(|c| c.level_pct)

@@ -755,6 +755,63 @@ mod properties {
     }
 
     proptest! {
+        // The night profile's steps are a few minutes in a night: enough cases to land on
+        // them (removing the minute from the recheck time fails within a few hundred).
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Ticks and bubbles pass over a lamp until its recheck time: at any moment, under
+        /// every policy, deciding such a lamp again would send it nothing (so passing over
+        /// it is exact, not a shortcut that misses a change). Time runs across dawn.
+        #[test]
+        fn a_lamp_passed_over_until_its_recheck_time_would_be_sent_nothing(
+            policy_index in 0..policy::POLICY_NAMES.len(),
+            steps in proptest::collection::vec(
+                (prop_oneof![1u64..120_000, 1u64..3_000_000], action()),
+                1..80,
+            ),
+        ) {
+            let name = policy::POLICY_NAMES[policy_index];
+            let config = ControllerConfig {
+                policy: PolicyConfig::named(name).unwrap(),
+                zones: vec![ZoneParams {
+                    tenant: None,
+                    zone: ZoneId(0),
+                    design_class: LightingClass::M(3),
+                    capacity_per_h: 600.0,
+                }],
+                ..ControllerConfig::default()
+            };
+            let mut c = ControllerCore::new(config, (0..10).map(node).collect()).unwrap();
+            let mut fcnt = [0u32; 10];
+            let mut now = NIGHT;
+            for (dt, a) in steps {
+                now = now.plus_ms(dt);
+                drain(&mut c);
+                for i in 0..c.lamps.len() {
+                    if c.lamps[i].recheck_at > now {
+                        c.decide_lamp(now, i);
+                        let sent = drain(&mut c);
+                        prop_assert!(
+                            sent.is_empty(),
+                            "{name}: lamp {i} passed over until {:?} at {now:?} but due {sent:?}",
+                            c.lamps[i].recheck_at
+                        );
+                    }
+                }
+                match a {
+                    Action::Tick => c.handle_tick(now),
+                    Action::Report { lamp, presence } => {
+                        send(&mut c, &mut fcnt, lamp, now, presence)
+                    }
+                    Action::Override { lamp, level_pct } => {
+                        c.set_override(now, LampId(lamp), Some(level_pct), now.plus_ms(120_000));
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
 
         /// Whatever arrives, every command the adaptive core sends while dark is at least the
