@@ -317,6 +317,12 @@ impl NodeCore {
         self.ramp.to_pct
     }
 
+    /// When the level reaches [`NodeCore::target_pct`] (in the past once it has). Until
+    /// the next input the level is a straight line to it and flat after.
+    pub fn ramp_end(&self) -> UnixMs {
+        self.ramp.end()
+    }
+
     pub fn mode(&self, now: UnixMs) -> NodeMode {
         match self.commanded {
             Some(c) if !self.silent(now) && c.hold_until.is_none_or(|t| now < t) => {

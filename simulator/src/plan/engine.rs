@@ -445,6 +445,7 @@ fn dev_addr(i: usize) -> DevAddr {
     DevAddr(0x2600_0000 + i as u32)
 }
 
+/// A road user reaching the sensor range of the `pos`-th lamp of a zone on a trip.
 #[derive(Debug, Clone, Copy)]
 struct Step {
     trip: u32,
@@ -453,6 +454,17 @@ struct Step {
     dir: i8,
     who: RoadUser,
     speed: f32,
+    /// From entering the sensor range to passing the column.
+    pass_in_ms: u32,
+}
+
+/// A passage past a lamp, judged once the lamp's state up to it is known (see
+/// [`Sim::judge_passages`]).
+#[derive(Debug, Clone, Copy)]
+struct Passage {
+    t: u64,
+    zone: u32,
+    who: RoadUser,
 }
 
 enum Ev {
@@ -466,8 +478,9 @@ enum Ev {
     /// A command for a lamp, parked in [`Sim::commands`].
     Down(u32, u32),
     Slot,
-    Detect(u32, RoadUser),
-    Pass(Step),
+    /// A road user enters a sensor's range: it may be detected, and it passes the lamp
+    /// `pass_in_ms` later.
+    Step(Step),
     Sample,
     FaultOn(u16),
     FaultOff(u16),
@@ -480,6 +493,10 @@ struct Node {
     alive: bool,
     last_ms: u64,
     last_power_w: f32,
+    /// When the core's ramp ends (virtual time) and the power from then on: energy is
+    /// counted across a ramp's end without a wake-up there.
+    ramp_end_ms: u64,
+    settled_power_w: f32,
     next_wake: u64,
     below_since: Option<u64>,
     converged: bool,
@@ -551,7 +568,13 @@ pub(crate) struct Sim<'s, 'a> {
     uplinks: Parked<Uplink>,
     commands: Parked<(u32, Command)>,
     floor_by_minute: Vec<u8>,
-    zone_passages: [u64; 2],
+    /// Per lamp, passages not yet judged: they are judged when the lamp's state next
+    /// changes (or the run ends), since until then it is known from the node core alone.
+    /// A passage is not an event of its own, which halves the events of road users.
+    passages: Vec<Vec<Passage>>,
+    /// Passages past the busy and the quiet zone's lamps, by sample (index k: those
+    /// before the k-th sample and at or after the one before).
+    zone_passages: [Vec<u64>; 2],
     /// Judged and under-lit passages by road user (index: [`user_index`]), counted here and
     /// put into the outcome's maps at the end.
     judged_by_user: [u64; 3],
@@ -603,6 +626,8 @@ impl<'s, 'a> Sim<'s, 'a> {
                     alive: true,
                     last_ms: sh.start,
                     last_power_w: sh.power[i].input_power_w(level),
+                    ramp_end_ms: sh.start,
+                    settled_power_w: sh.power[i].input_power_w(level),
                     next_wake: u64::MAX,
                     below_since: None,
                     converged: true,
@@ -643,7 +668,11 @@ impl<'s, 'a> Sim<'s, 'a> {
             uplinks: Parked::default(),
             commands: Parked::default(),
             floor_by_minute,
-            zone_passages: [0; 2],
+            passages: vec![Vec::new(); sh.town.lamps.len()],
+            zone_passages: {
+                let samples = ((sh.end - sh.start) / SAMPLE_MS + 2) as usize;
+                [vec![0; samples], vec![0; samples]]
+            },
             judged_by_user: [0; 3],
             underlit_by_user: [0; 3],
             underlit_by_cause: [0; 4],
@@ -749,14 +778,13 @@ impl<'s, 'a> Sim<'s, 'a> {
                 }
                 n.next_wake = u64::MAX;
                 let i = i as usize;
-                let power = self.sh.power[i];
+                let power_w = self.power_now(i, now);
                 let lux = if self.sh.dark_at(now) { 0.5 } else { 10_000.0 };
                 self.touch(i, now, |core, nn| {
-                    let level = core.level_pct(nn);
                     core.handle_sample(
                         nn,
                         Sample {
-                            power_w: power.input_power_w(level),
+                            power_w,
                             ambient_lux: lux,
                             faults: Default::default(),
                         },
@@ -799,10 +827,7 @@ impl<'s, 'a> Sim<'s, 'a> {
                 self.generate_slot(now);
                 self.push(now + SLOT_MS, Ev::Slot);
             }
-            Ev::Detect(lamp, who) => {
-                self.touch(lamp as usize, now, |core, nn| core.handle_presence(nn, who));
-            }
-            Ev::Pass(step) => self.pass(now, step),
+            Ev::Step(step) => self.step(now, step),
             Ev::Sample => {
                 self.sample(now);
                 self.push(now + SAMPLE_MS, Ev::Sample);
@@ -876,32 +901,55 @@ impl<'s, 'a> Sim<'s, 'a> {
         Some(now + delay)
     }
 
+    /// Brings lamp `i`'s books up to `now` before its state changes: its passages so far
+    /// are judged and its energy counted.
     fn account(&mut self, i: usize, now: u64) {
+        self.judge_passages(i, now);
         let n = &mut self.nodes[i];
         if now <= n.last_ms {
             return;
         }
-        let p_now = if n.alive {
-            self.sh.power[i].input_power_w(n.core.level_pct(self.sh.node_now(i, now)))
-        } else {
-            0.0
-        };
-        // Power is linear between wake-ups (ramps end at one); split at the hours.
-        let (t0, p0) = (n.last_ms, n.last_power_w as f64);
-        let slope = (p_now as f64 - p0) / (now - t0) as f64;
+        let (ramp_end, settled) = (n.ramp_end_ms, n.settled_power_w);
+        let p_now = self.power_now(i, now);
+        let n = &mut self.nodes[i];
+        let (mut t0, mut p0) = (n.last_ms, n.last_power_w);
+        // Power is linear along a ramp and flat after it; split at its end.
+        n.last_ms = now;
+        n.last_power_w = p_now;
+        if n.alive && t0 < ramp_end && ramp_end < now {
+            self.add_energy(t0, p0, ramp_end, settled);
+            (t0, p0) = (ramp_end, settled);
+        }
+        self.add_energy(t0, p0, now, p_now);
+    }
+
+    /// Lamp `i`'s input power at `now` (its state unchanged since its last input).
+    fn power_now(&self, i: usize, now: u64) -> f32 {
+        let n = &self.nodes[i];
+        match n.alive {
+            false => 0.0,
+            // Most of the time the ramp is over: no need to work the power out again.
+            true if now >= n.ramp_end_ms => n.settled_power_w,
+            true => self.sh.power[i].input_power_w(n.core.level_pct(self.sh.node_now(i, now))),
+        }
+    }
+
+    /// Energy of a power that goes linearly from `p0` at `t0` to `p1` at `t1`, counted into
+    /// the hours it falls in.
+    fn add_energy(&mut self, t0: u64, p0: f32, t1: u64, p1: f32) {
+        let (p0, p1) = (p0 as f64, p1 as f64);
+        let slope = (p1 - p0) / (t1 - t0) as f64;
         let last = self.out.energy_by_hour_wh.len() - 1;
         let mut a = t0;
-        while a < now {
+        while a < t1 {
             let h = ((a - self.sh.start) / 3_600_000) as usize;
-            let b = now.min(self.sh.start + (h as u64 + 1) * 3_600_000);
+            let b = t1.min(self.sh.start + (h as u64 + 1) * 3_600_000);
             let pa = p0 + slope * (a - t0) as f64;
             let pb = p0 + slope * (b - t0) as f64;
             self.out.energy_by_hour_wh[h.min(last)] +=
                 (pa + pb) / 2.0 * (b - a) as f64 / 3_600_000.0;
             a = b;
         }
-        n.last_ms = now;
-        n.last_power_w = p_now;
     }
 
     /// Runs one input through a node: energy up to now, the input, then its uplinks, and
@@ -917,6 +965,7 @@ impl<'s, 'a> Sim<'s, 'a> {
         f(&mut n.core, nn);
         if n.core.target_pct() != before {
             self.out.level_changes += 1;
+            n.settled_power_w = self.sh.power[i].input_power_w(n.core.target_pct());
         }
         let mut reports = Vec::new();
         while let Some(uplink) = n.core.poll_report(nn) {
@@ -932,11 +981,15 @@ impl<'s, 'a> Sim<'s, 'a> {
             let inv = &mut self.out.invariants;
             inv.slowest_convergence_s = inv.slowest_convergence_s.max((now - heal) / 1000);
         }
-        // A commanded node's minute wake-ups change nothing (its target is the command, and
-        // a hold or silence ending is a deadline of its own): skip them, exactly.
+        // A commanded node's minute wake-ups and the end of its ramp change nothing (its
+        // target is the command, and a hold or silence ending is a deadline of its own):
+        // skip them, exactly. Energy is counted across the ramp's end (`account`).
+        let ramp_end = n.core.ramp_end();
         let mut due = n.core.poll_timeout(nn);
         for _ in 0..10 {
-            if !due.0.is_multiple_of(MIN_MS) || n.core.mode(due) != NodeMode::Commanded {
+            if !(due.0.is_multiple_of(MIN_MS) || due == ramp_end)
+                || n.core.mode(due) != NodeMode::Commanded
+            {
                 break;
             }
             let next = n.core.poll_timeout(due);
@@ -946,6 +999,7 @@ impl<'s, 'a> Sim<'s, 'a> {
             due = next;
         }
         let wake = self.sh.virtual_time_of(i, due).max(now);
+        n.ramp_end_ms = self.sh.virtual_time_of(i, ramp_end);
         let n = &mut self.nodes[i];
         if wake < n.next_wake {
             n.next_wake = wake;
@@ -1040,6 +1094,8 @@ impl<'s, 'a> Sim<'s, 'a> {
             Fault::NodesDown { .. } => {
                 for j in self.sh.fault_nodes[k].clone() {
                     let j = j as usize;
+                    // Passages while it was down met a dark lamp.
+                    self.judge_passages(j, now);
                     let nn = self.sh.node_now(j, now);
                     let old = &self.nodes[j].core;
                     let (fcnt, energy) = (old.fcnt_up(), old.energy_wh());
@@ -1049,6 +1105,8 @@ impl<'s, 'a> Sim<'s, 'a> {
                     n.alive = true;
                     n.last_ms = now;
                     n.last_power_w = 0.0;
+                    n.ramp_end_ms = now;
+                    n.settled_power_w = self.sh.power[j].input_power_w(n.core.target_pct());
                     n.next_wake = now;
                     self.push(now, Ev::Wake(j as u32));
                 }
@@ -1139,11 +1197,16 @@ impl<'s, 'a> Sim<'s, 'a> {
                         dir,
                         who: *who,
                         speed,
+                        pass_in_ms: 0,
                     };
                     self.next_trip = self.next_trip.wrapping_add(1);
                     let lead = (SENSOR_RANGE_M / speed as f64 * 1000.0) as u64;
-                    self.schedule_detect(step, t.saturating_sub(lead).max(now));
-                    self.push(t, Ev::Pass(step));
+                    let in_range = t.saturating_sub(lead).max(now);
+                    let step = Step {
+                        pass_in_ms: (t - in_range) as u32,
+                        ..step
+                    };
+                    self.push(in_range, Ev::Step(step));
                 }
             }
         }
@@ -1153,60 +1216,35 @@ impl<'s, 'a> Sim<'s, 'a> {
         self.sh.town.zones[step.zone as usize].lamps[step.pos as usize].0
     }
 
-    fn schedule_detect(&mut self, step: Step, t: u64) {
-        let lamp = self.lamp_of(&step);
-        if unit((step.trip as u64).wrapping_mul(0x1_0000_0001) ^ lamp as u64 ^ self.sh.seed)
-            < DETECTION_P
-        {
-            self.push(t, Ev::Detect(lamp, step.who));
-        }
-    }
-
-    fn pass(&mut self, now: u64, step: Step) {
-        let z = step.zone as usize;
+    /// A road user enters the range of a lamp's sensor: the sensor may see it, its passage
+    /// waits to be judged, and the trip goes on to the next lamp.
+    fn step(&mut self, now: u64, step: Step) {
         let i = self.lamp_of(&step) as usize;
-        self.out.passages += 1;
-        if step.zone == self.sh.busy_zone {
-            self.zone_passages[0] += 1;
+        let detected =
+            unit((step.trip as u64).wrapping_mul(0x1_0000_0001) ^ i as u64 ^ self.sh.seed)
+                < DETECTION_P;
+        if detected {
+            let who = step.who;
+            self.touch(i, now, |core, nn| core.handle_presence(nn, who));
         }
-        if step.zone == self.sh.quiet_zone {
-            self.zone_passages[1] += 1;
-        }
-        if self.sh.judged(now) {
-            let who = user_index(step.who);
-            self.judged_by_user[who] += 1;
-            let required = self.sh.required_pct(z, now);
-            let nn = self.sh.node_now(i, now);
-            let n = &self.nodes[i];
-            let (level, target) = if n.alive {
-                (n.core.level_pct(nn), n.core.target_pct())
-            } else {
-                (0.0, 0.0)
-            };
-            if level + 0.5 < required {
-                self.underlit_by_user[who] += 1;
-                // Why, so that a policy's exposure can be traced to its cause.
-                let cause = if !n.alive {
-                    0
-                } else if n.core.mode(nn) == NodeMode::FailSafe {
-                    1
-                } else if target + 0.5 >= required {
-                    2
-                } else {
-                    3
-                };
-                self.underlit_by_cause[cause] += 1;
+        let t_pass = now + step.pass_in_ms as u64;
+        if t_pass < self.sh.end {
+            self.out.passages += 1;
+            let sample = ((t_pass - self.sh.start) / SAMPLE_MS + 1) as usize;
+            if step.zone == self.sh.busy_zone {
+                self.zone_passages[0][sample] += 1;
             }
-            if level + 0.01 < target {
-                let later = n.core.level_pct(nn.plus_ms(100));
-                let slope_per_s = (later - level) * 10.0;
-                if slope_per_s > 0.0 {
-                    self.out.late_rise_passages += 1;
-                    self.out.late_rise_s += ((target - level) / slope_per_s) as f64;
-                }
+            if step.zone == self.sh.quiet_zone {
+                self.zone_passages[1][sample] += 1;
             }
+            self.passages[i].push(Passage {
+                t: t_pass,
+                zone: step.zone,
+                who: step.who,
+            });
         }
         // On to the next lamp.
+        let z = step.zone as usize;
         let next = step.pos as i64 + step.dir as i64;
         let n_lamps = self.sh.town.zones[z].lamps.len() as i64;
         if next < 0 || next >= n_lamps {
@@ -1214,14 +1252,70 @@ impl<'s, 'a> Sim<'s, 'a> {
         }
         let gap = self.sh.zones[z].gaps_m[step.pos.min(next as u32) as usize] as f64;
         let speed = step.speed as f64;
-        let t_pass = now + (gap / speed * 1000.0) as u64;
-        let t_detect = now + ((gap - SENSOR_RANGE_M).max(0.0) / speed * 1000.0) as u64;
+        let t_next_pass = t_pass + (gap / speed * 1000.0) as u64;
+        let t_next_range = t_pass + ((gap - SENSOR_RANGE_M).max(0.0) / speed * 1000.0) as u64;
         let step = Step {
             pos: next as u32,
+            pass_in_ms: (t_next_pass - t_next_range) as u32,
             ..step
         };
-        self.schedule_detect(step, t_detect);
-        self.push(t_pass, Ev::Pass(step));
+        self.push(t_next_range, Ev::Step(step));
+    }
+
+    /// Judges lamp `i`'s passages up to `upto` (inclusive) against its state now, which has
+    /// been its state since its last change: call before the lamp's state changes.
+    fn judge_passages(&mut self, i: usize, upto: u64) {
+        if self.passages[i].is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.passages[i]);
+        pending.retain(|p| {
+            let due = p.t <= upto;
+            if due {
+                self.judge(i, p);
+            }
+            !due
+        });
+        self.passages[i] = pending;
+    }
+
+    fn judge(&mut self, i: usize, p: &Passage) {
+        let now = p.t;
+        if !self.sh.judged(now) {
+            return;
+        }
+        let who = user_index(p.who);
+        self.judged_by_user[who] += 1;
+        let required = self.sh.required_pct(p.zone as usize, now);
+        let nn = self.sh.node_now(i, now);
+        let n = &self.nodes[i];
+        let (level, target) = if n.alive {
+            (n.core.level_pct(nn), n.core.target_pct())
+        } else {
+            (0.0, 0.0)
+        };
+        if level + 0.5 < required {
+            self.underlit_by_user[who] += 1;
+            // Why, so that a policy's exposure can be traced to its cause.
+            let cause = if !n.alive {
+                0
+            } else if n.core.mode(nn) == NodeMode::FailSafe {
+                1
+            } else if target + 0.5 >= required {
+                2
+            } else {
+                3
+            };
+            self.underlit_by_cause[cause] += 1;
+        }
+        if level + 0.01 < target {
+            let later = n.core.level_pct(nn.plus_ms(100));
+            let slope_per_s = (later - level) * 10.0;
+            if slope_per_s > 0.0 {
+                self.out.late_rise_passages += 1;
+                self.out.late_rise_s += ((target - level) / slope_per_s) as f64;
+            }
+        }
     }
 
     fn sample(&mut self, now: u64) {
@@ -1248,11 +1342,12 @@ impl<'s, 'a> Sim<'s, 'a> {
             };
             s.t_h.push(t_h);
             s.demand_per_h.push(round(demand, 2));
-            s.passages.push(self.zone_passages[k]);
+            let sample = ((now - self.sh.start) / SAMPLE_MS) as usize;
+            s.passages
+                .push(self.zone_passages[k].get(sample).copied().unwrap_or(0));
             s.mean_level_pct
                 .push(round(sum / lamps.len().max(1) as f64, 2));
             s.required_level_pct.push(round(required, 2));
-            self.zone_passages[k] = 0;
         }
     }
 }
