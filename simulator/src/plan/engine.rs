@@ -497,6 +497,10 @@ struct Node {
     /// counted across a ramp's end without a wake-up there.
     ramp_end_ms: u64,
     settled_power_w: f32,
+    /// Passages not yet judged: they are judged when the lamp's state next changes (or the
+    /// run ends), since until then it is known from the node core alone. A passage is not
+    /// an event of its own, which halves the events of road users.
+    passages: Vec<Passage>,
     next_wake: u64,
     below_since: Option<u64>,
     converged: bool,
@@ -568,10 +572,6 @@ pub(crate) struct Sim<'s, 'a> {
     uplinks: Parked<Uplink>,
     commands: Parked<(u32, Command)>,
     floor_by_minute: Vec<u8>,
-    /// Per lamp, passages not yet judged: they are judged when the lamp's state next
-    /// changes (or the run ends), since until then it is known from the node core alone.
-    /// A passage is not an event of its own, which halves the events of road users.
-    passages: Vec<Vec<Passage>>,
     /// Passages past the busy and the quiet zone's lamps, by sample (index k: those
     /// before the k-th sample and at or after the one before).
     zone_passages: [Vec<u64>; 2],
@@ -628,6 +628,7 @@ impl<'s, 'a> Sim<'s, 'a> {
                     last_power_w: sh.power[i].input_power_w(level),
                     ramp_end_ms: sh.start,
                     settled_power_w: sh.power[i].input_power_w(level),
+                    passages: Vec::new(),
                     next_wake: u64::MAX,
                     below_since: None,
                     converged: true,
@@ -668,7 +669,6 @@ impl<'s, 'a> Sim<'s, 'a> {
             uplinks: Parked::default(),
             commands: Parked::default(),
             floor_by_minute,
-            passages: vec![Vec::new(); sh.town.lamps.len()],
             zone_passages: {
                 let samples = ((sh.end - sh.start) / SAMPLE_MS + 2) as usize;
                 [vec![0; samples], vec![0; samples]]
@@ -1237,7 +1237,7 @@ impl<'s, 'a> Sim<'s, 'a> {
             if step.zone == self.sh.quiet_zone {
                 self.zone_passages[1][sample] += 1;
             }
-            self.passages[i].push(Passage {
+            self.nodes[i].passages.push(Passage {
                 t: t_pass,
                 zone: step.zone,
                 who: step.who,
@@ -1265,10 +1265,10 @@ impl<'s, 'a> Sim<'s, 'a> {
     /// Judges lamp `i`'s passages up to `upto` (inclusive) against its state now, which has
     /// been its state since its last change: call before the lamp's state changes.
     fn judge_passages(&mut self, i: usize, upto: u64) {
-        if self.passages[i].is_empty() {
+        if self.nodes[i].passages.is_empty() {
             return;
         }
-        let mut pending = std::mem::take(&mut self.passages[i]);
+        let mut pending = std::mem::take(&mut self.nodes[i].passages);
         pending.retain(|p| {
             let due = p.t <= upto;
             if due {
@@ -1276,7 +1276,7 @@ impl<'s, 'a> Sim<'s, 'a> {
             }
             !due
         });
-        self.passages[i] = pending;
+        self.nodes[i].passages = pending;
     }
 
     fn judge(&mut self, i: usize, p: &Passage) {
