@@ -15,13 +15,16 @@
 //! sends real frames). Policies run on separate threads; each run is a function of
 //! (options, seed) only.
 //!
-//! Time is an event queue (a calendar of (time, sequence, event), in `queue.rs`), not fixed steps: a node
-//! is woken when its own `poll_timeout` says (when a ramp ends, for its reports, when a hold
-//! or its silence timeout ends, and each minute while it runs its fail-safe profile; the
-//! minute wake-ups of a commanded node change nothing and are skipped, exactly), the
-//! controller ticks every `tick_s` (10 s), packets arrive when the link delivers them and
-//! road users reach each lamp when their speed takes them there. A day of Cambridge (6,117
-//! lamps, about 10 million passages at night) is about 50 million events per policy.
+//! Time is an event queue (a calendar of (time, sequence, event), in `queue.rs`), not fixed
+//! steps: a node is woken when its own `poll_timeout` says (when a ramp ends, for its
+//! reports, when a hold or its silence timeout ends, and each minute while it runs its
+//! fail-safe profile; the minute wake-ups and the ramp end of a commanded node change nothing
+//! and are skipped, exactly), the controller ticks every `tick_s` (10 s), packets arrive when
+//! the link delivers them and road users enter each lamp's sensor range when their speed
+//! takes them there. A passage past a lamp is not an event: it waits with the lamp and is
+//! judged when the lamp's state next changes, since until then the node core tells the
+//! level at any instant. A day of Cambridge (6,117 lamps, about 10 million passages at
+//! night) is about 30 million events per policy.
 //!
 //! # Road users
 //!
@@ -54,9 +57,9 @@
 //!
 //! # What is measured
 //!
-//! - **Energy**: each lamp's input power from its LED power model, integrated exactly
-//!   between the node's events (levels are piecewise linear, nodes wake at least each
-//!   minute), by hour; cost at the tariff, carbon at the grid factor; savings against
+//! - **Energy**: each lamp's input power from its LED power model, integrated between the
+//!   node's events and across the end of its ramp (levels are piecewise linear: power is
+//!   taken as linear along a ramp and flat after it), by hour; cost at the tariff, carbon at the grid factor; savings against
 //!   `full` and `part-night` (always run as baselines).
 //! - **Under-lighting exposure**: the share of passages (a road user reaching a lamp) while
 //!   judged dark at which the lamp was below the level required for the demand at that
