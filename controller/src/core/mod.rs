@@ -717,6 +717,14 @@ impl ControllerCore {
         }
     }
 
+    /// The policy zone `z` runs: its own if an operator set one, else the configured one.
+    fn policy_of(&self, z: usize) -> &PolicyConfig {
+        if self.zone_policies.is_empty() {
+            return &self.config.policy;
+        }
+        self.zone_policies.get(&z).unwrap_or(&self.config.policy)
+    }
+
     fn zone_index(&self, tenant: &TenantId, zone: ZoneId) -> Option<usize> {
         self.lamps
             .iter()
@@ -728,7 +736,7 @@ impl ControllerCore {
     /// zone with no lamps.
     pub fn zone_settings(&self, tenant: &TenantId, zone: ZoneId) -> Option<ZoneSettings> {
         let z = self.zone_index(tenant, zone)?;
-        let p = self.zone_policies.get(&z).unwrap_or(&self.config.policy);
+        let p = self.policy_of(z);
         Some(ZoneSettings {
             policy: p.name.clone(),
             design_class: self.zones[z].road.design_class,
@@ -774,7 +782,7 @@ impl ControllerCore {
     fn decide_lamp(&mut self, now: UnixMs, i: usize) {
         let cfg = &self.config;
         let lamp = &self.lamps[i];
-        let zone_policy = self.zone_policies.get(&lamp.zone).unwrap_or(&cfg.policy);
+        let zone_policy = self.policy_of(lamp.zone);
         let situation = LampSituation {
             now,
             dark: lamp.dark.is_dark(lamp.node.lat, lamp.node.lon, now),
@@ -806,10 +814,7 @@ impl ControllerCore {
     /// Early is harmless; late would miss a change.
     fn recheck_at(&self, now: UnixMs, i: usize, by_minute: bool) -> UnixMs {
         let lamp = &self.lamps[i];
-        let zone_policy = self
-            .zone_policies
-            .get(&lamp.zone)
-            .unwrap_or(&self.config.policy);
+        let zone_policy = self.policy_of(lamp.zone);
         let mut at = lamp.dark.spell_end(lamp.node.lat, lamp.node.lon, now);
         let mut upto = |t: UnixMs| {
             if t > now {
@@ -839,9 +844,8 @@ impl ControllerCore {
 
     /// Sends lamp `i` the command for `level_pct`, with the ramp and hold that go with it.
     fn command(&mut self, now: UnixMs, i: usize, level_pct: u8, reason: Reason) {
-        let cfg = &self.config;
         let lamp = &self.lamps[i];
-        let zone_policy = self.zone_policies.get(&lamp.zone).unwrap_or(&cfg.policy);
+        let zone_policy = self.policy_of(lamp.zone);
         let from = lamp
             .commanded
             .map(|c| c.level_pct)
