@@ -316,16 +316,11 @@ fn duplicate_dev_addrs_are_refused() {
 
 // ---- Demand, classes and the adaptive policy in the core ----
 
-/// One lamp per zone 0..n on an M3 road carrying 600 road users per hour.
-fn adaptive_core(n: u32) -> ControllerCore {
+/// Lamps 0..n (zone 0 holds lamps 0-9) under `policy`, zone 0 an M3 road carrying 600
+/// road users per hour.
+fn core_on_m3(policy: PolicyConfig, n: u32) -> ControllerCore {
     let config = ControllerConfig {
-        // Without presence sensing every lamp holds the class in force, so these tests read
-        // the class off the lamps' levels (with it, empty streets wait at the minimum:
-        // policy.rs's tables, and the test of adaptive with presence below).
-        policy: PolicyConfig {
-            reactive: false,
-            ..PolicyConfig::named("adaptive").unwrap()
-        },
+        policy,
         zones: vec![ZoneParams {
             tenant: None,
             zone: ZoneId(0),
@@ -335,6 +330,17 @@ fn adaptive_core(n: u32) -> ControllerCore {
         ..ControllerConfig::default()
     };
     ControllerCore::new(config, (0..n).map(node).collect()).unwrap()
+}
+
+/// The adaptive policy without presence sensing: every lamp holds the class in force, so
+/// these tests read the class off the lamps' levels (with it, empty streets wait at the
+/// minimum: policy.rs's tables, and the test of adaptive with presence below).
+fn adaptive_core(n: u32) -> ControllerCore {
+    let policy = PolicyConfig {
+        reactive: false,
+        ..PolicyConfig::named("adaptive").unwrap()
+    };
+    core_on_m3(policy, n)
 }
 
 fn pedestrians(n: u8) -> Presence {
@@ -546,17 +552,7 @@ fn overrides_win_over_the_adaptive_policy_until_they_expire() {
 
 #[test]
 fn adaptive_lights_road_users_for_their_class_and_keeps_the_node_in_the_bubble() {
-    let config = ControllerConfig {
-        policy: PolicyConfig::named("adaptive").unwrap(),
-        zones: vec![ZoneParams {
-            tenant: None,
-            zone: ZoneId(0),
-            design_class: LightingClass::M(3),
-            capacity_per_h: 600.0,
-        }],
-        ..ControllerConfig::default()
-    };
-    let mut c = ControllerCore::new(config, (0..10).map(node).collect()).unwrap();
+    let mut c = core_on_m3(PolicyConfig::named("adaptive").unwrap(), 10);
     let mut fcnt = vec![0; 10];
     for i in 0..10 {
         send(&mut c, &mut fcnt, i, NIGHT, Presence::default());
@@ -771,17 +767,7 @@ mod properties {
             ),
         ) {
             let name = policy::POLICY_NAMES[policy_index];
-            let config = ControllerConfig {
-                policy: PolicyConfig::named(name).unwrap(),
-                zones: vec![ZoneParams {
-                    tenant: None,
-                    zone: ZoneId(0),
-                    design_class: LightingClass::M(3),
-                    capacity_per_h: 600.0,
-                }],
-                ..ControllerConfig::default()
-            };
-            let mut c = ControllerCore::new(config, (0..10).map(node).collect()).unwrap();
+            let mut c = core_on_m3(PolicyConfig::named(name).unwrap(), 10);
             let mut fcnt = [0u32; 10];
             let mut now = NIGHT;
             for (dt, a) in steps {
