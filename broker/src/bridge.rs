@@ -280,6 +280,8 @@ struct UdpState {
     registry: GatewayRegistry,
     known: std::collections::HashSet<GatewayEui>,
     last_reload: Instant,
+    /// The registry's `data_version` at the last reload.
+    registry_version: Option<i64>,
     pull_addr: HashMap<GatewayEui, (SocketAddr, u8)>,
     token: u16,
     logged: std::collections::HashSet<&'static str>,
@@ -288,6 +290,7 @@ struct UdpState {
 impl UdpState {
     fn reload(&mut self) {
         self.last_reload = Instant::now();
+        self.registry_version = self.registry.data_version().ok();
         self.handle
             .shared
             .metrics
@@ -299,11 +302,15 @@ impl UdpState {
         }
     }
 
+    /// Whether a gateway is registered. An unknown one reads the registry again at once if
+    /// it changed (a gateway added while the bridge runs is heard from its first datagram),
+    /// else at most once a second, so a flood from strangers costs no reads.
     fn is_known(&mut self, eui: GatewayEui) -> bool {
         if self.known.contains(&eui) {
             return true;
         }
-        if self.last_reload.elapsed() >= Duration::from_secs(1) {
+        let changed = self.registry.data_version().ok() != self.registry_version;
+        if changed || self.last_reload.elapsed() >= Duration::from_secs(1) {
             self.reload();
         }
         self.known.contains(&eui)
@@ -334,6 +341,7 @@ async fn udp_loop(
         registry,
         known: Default::default(),
         last_reload: Instant::now(),
+        registry_version: None,
         pull_addr: HashMap::new(),
         token: 1,
         logged: Default::default(),

@@ -274,6 +274,15 @@ impl GatewayRegistry {
     }
 
     /// Every gateway. Rows that are not an EUI (edited by hand) are skipped with a warning.
+    /// A number that changes whenever another connection (`lamplighter gateways add`, `sim
+    /// live`) has committed to the registry since it was last read: SQLite's
+    /// `data_version`, read without touching the tables.
+    pub fn data_version(&self) -> Result<i64, RegistryError> {
+        self.conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .map_err(|e| self.sql(e))
+    }
+
     pub fn all(&self) -> Result<HashSet<GatewayEui>, RegistryError> {
         let mut stmt = self
             .conn
@@ -311,6 +320,23 @@ mod tests {
         assert_eq!(other.all().unwrap(), HashSet::from([eui]));
         assert!(reg.remove(eui).unwrap());
         assert!(other.all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_data_version_tells_a_reader_that_another_connection_added_a_gateway() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = GatewayRegistry::open(dir.path()).unwrap();
+        let before = reader.data_version().unwrap();
+        assert_eq!(
+            reader.data_version().unwrap(),
+            before,
+            "nothing changed yet"
+        );
+        let writer = GatewayRegistry::open(dir.path()).unwrap();
+        writer
+            .add("AA555A0000000102".parse().unwrap(), 1, None)
+            .unwrap();
+        assert_ne!(reader.data_version().unwrap(), before);
     }
 
     #[test]
