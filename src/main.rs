@@ -537,8 +537,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.validate()?;
     let data_dir = config.data_dir()?;
     let (system, nodes) = system::start(&config, &data_dir, ScaledClock::system()).await?;
+    let lorawan = system
+        .bridge
+        .as_ref()
+        .map(|b| format!("  LoRaWAN UDP {}", b.udp_addr))
+        .unwrap_or_default();
     eprintln!(
-        "lamplighter serve: {} nodes; dashboard http://{}  MQTT {}  data {}",
+        "lamplighter serve: {} nodes; dashboard http://{}  MQTT {}{lorawan}  data {}",
         nodes.len(),
         system.http_addr,
         system.mqtt_addr,
