@@ -967,10 +967,13 @@ impl<'s, 'a> Sim<'s, 'a> {
             self.out.level_changes += 1;
             n.settled_power_w = self.sh.power[i].input_power_w(n.core.target_pct());
         }
-        let mut reports = Vec::new();
-        while let Some(uplink) = n.core.poll_report(nn) {
-            reports.push(uplink);
-        }
+        // One report at most, nearly always: the rest (if any) without an allocation for
+        // the common case.
+        let first = n.core.poll_report(nn);
+        let more: Vec<Uplink> = match first {
+            Some(_) => std::iter::from_fn(|| n.core.poll_report(nn)).collect(),
+            None => Vec::new(),
+        };
         if self.pending_heal.is_some()
             && !n.converged
             && n.core.mode(nn) == NodeMode::Commanded
@@ -1005,7 +1008,7 @@ impl<'s, 'a> Sim<'s, 'a> {
             n.next_wake = wake;
             self.push(wake, Ev::Wake(i as u32));
         }
-        for uplink in reports {
+        for uplink in first.into_iter().chain(more) {
             self.out.uplinks_sent += 1;
             if let Some(r) = self.radio.as_mut() {
                 let channel = self.link_rng.gen_range(0..3);
