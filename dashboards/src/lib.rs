@@ -985,7 +985,7 @@ async fn fault_action(
     };
     let detail = serde_json::json!({ "kind": fault.kind, "lamp": fault.lamp });
     let target = format!("fault {} (lamp {})", fault.id, fault.lamp.0);
-    if let Err(e) = write_audit(
+    if let Err(r) = write_audit(
         &state,
         &auth,
         Some(&fault.tenant),
@@ -993,8 +993,9 @@ async fn fault_action(
         &target,
         &detail,
         &note,
+        &uri,
     ) {
-        return audit_failed(e, &uri);
+        return r;
     }
     live_json(fault)
 }
@@ -1167,7 +1168,7 @@ async fn set_zone_settings(
     };
     let detail = serde_json::json!({ "from": before, "to": settings, "lamps": lamps });
     let target = format!("zone {tenant}/{}", zone.0);
-    if let Err(e) = write_audit(
+    if let Err(r) = write_audit(
         &state,
         &auth,
         Some(&tenant),
@@ -1175,8 +1176,9 @@ async fn set_zone_settings(
         &target,
         &detail,
         &reason,
+        &uri,
     ) {
-        return audit_failed(e, &uri);
+        return r;
     }
     let json = serde_json::to_string(&settings).unwrap_or_default();
     if let Err(e) =
@@ -1184,7 +1186,7 @@ async fn set_zone_settings(
             .accounts()
             .save_zone_settings(&tenant, zone.0, &json, &auth.0.username, wall_ms())
     {
-        return audit_failed(e, &uri);
+        return accounts_error(e, &uri);
     }
     live_json(settings)
 }
@@ -1253,6 +1255,9 @@ fn check_target(auth: &Auth, target: &OverrideTarget, uri: &Uri) -> Result<(), R
     Ok(())
 }
 
+/// Writes one audit line; if it cannot be written, the answer to give (500, logged), since
+/// an action that cannot be audited must not pass as done.
+#[allow(clippy::too_many_arguments)]
 fn write_audit(
     state: &AppState,
     auth: &Auth,
@@ -1261,26 +1266,28 @@ fn write_audit(
     target: &str,
     detail: &serde_json::Value,
     reason: &str,
-) -> Result<(), AccountsError> {
-    state.accounts().audit(&accounts::NewAudit {
-        at_ms: wall_ms(),
-        username: &auth.0.username,
-        tenant,
-        action,
-        target,
-        detail: &detail.to_string(),
-        reason,
-    })?;
-    Ok(())
-}
-
-fn audit_failed(e: AccountsError, uri: &Uri) -> Response {
-    tracing::error!(error = %e, "cannot write the audit log");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "cannot write the audit log",
-        uri,
-    )
+    uri: &Uri,
+) -> Result<(), Response> {
+    state
+        .accounts()
+        .audit(&accounts::NewAudit {
+            at_ms: wall_ms(),
+            username: &auth.0.username,
+            tenant,
+            action,
+            target,
+            detail: &detail.to_string(),
+            reason,
+        })
+        .map(|_| ())
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot write the audit log");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot write the audit log",
+                uri,
+            )
+        })
 }
 
 /// The tenant an audit line belongs to: the zone's, else the caller's.
@@ -1346,7 +1353,7 @@ async fn set_override(
         "level_pct": level_pct, "duration_s": duration_s,
         "until_ms": until_ms, "lamps": lamps,
     });
-    if let Err(e) = write_audit(
+    if let Err(r) = write_audit(
         &state,
         &auth,
         audit_tenant(&auth, &target),
@@ -1354,8 +1361,9 @@ async fn set_override(
         &target.to_string(),
         &detail,
         &reason,
+        &uri,
     ) {
-        return audit_failed(e, &uri);
+        return r;
     }
     let active = ActiveOverride {
         target,
@@ -1419,7 +1427,7 @@ async fn clear_override(
         Err(e) => return source_error(e, &uri),
     };
     let detail = serde_json::json!({ "lamps": lamps });
-    if let Err(e) = write_audit(
+    if let Err(r) = write_audit(
         &state,
         &auth,
         audit_tenant(&auth, &target),
@@ -1427,8 +1435,9 @@ async fn clear_override(
         &target.to_string(),
         &detail,
         &reason,
+        &uri,
     ) {
-        return audit_failed(e, &uri);
+        return r;
     }
     {
         let mut list = state.overrides.lock().unwrap_or_else(|p| p.into_inner());
@@ -1653,7 +1662,7 @@ async fn add_user(
         Err(r) => return r,
     };
     let detail = serde_json::json!({ "role": role, "tenant": tenant });
-    if let Err(e) = write_audit(
+    if let Err(r) = write_audit(
         &state,
         &auth,
         tenant.as_ref(),
@@ -1661,8 +1670,9 @@ async fn add_user(
         &format!("user {username}"),
         &detail,
         "",
+        &uri,
     ) {
-        return audit_failed(e, &uri);
+        return r;
     }
     (
         StatusCode::CREATED,
@@ -1746,7 +1756,7 @@ async fn update_user(
         "role": req.role.unwrap_or(user.role),
         "password_reset": req.password.is_some(),
     });
-    if let Err(e) = write_audit(
+    if let Err(r) = write_audit(
         &state,
         &auth,
         user.tenant.as_ref(),
@@ -1754,8 +1764,9 @@ async fn update_user(
         &format!("user {username}"),
         &detail,
         "",
+        &uri,
     ) {
-        return audit_failed(e, &uri);
+        return r;
     }
     live_json(serde_json::json!({
         "username": username,
@@ -1791,7 +1802,7 @@ async fn remove_user(
         Err(e) => return accounts_error(e, &uri),
     }
     let detail = serde_json::json!({ "role": user.role });
-    if let Err(e) = write_audit(
+    if let Err(r) = write_audit(
         &state,
         &auth,
         user.tenant.as_ref(),
@@ -1799,8 +1810,9 @@ async fn remove_user(
         &format!("user {username}"),
         &detail,
         "",
+        &uri,
     ) {
-        return audit_failed(e, &uri);
+        return r;
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -1856,7 +1868,7 @@ async fn change_own_password(
         Err(r) => return r,
     }
     let detail = serde_json::json!({});
-    if let Err(e) = write_audit(
+    if let Err(r) = write_audit(
         &state,
         &auth,
         auth.tenant(),
@@ -1864,8 +1876,9 @@ async fn change_own_password(
         &format!("user {}", auth.0.username),
         &detail,
         "",
+        &uri,
     ) {
-        return audit_failed(e, &uri);
+        return r;
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -1896,7 +1909,7 @@ async fn add_token(
         Err(e) => return accounts_error(e, &uri),
     };
     let detail = serde_json::json!({ "role": req.role, "tenant": tenant, "label": req.label });
-    if let Err(e) = write_audit(
+    if let Err(r) = write_audit(
         &state,
         &auth,
         tenant.as_ref(),
@@ -1904,8 +1917,9 @@ async fn add_token(
         "token",
         &detail,
         "",
+        &uri,
     ) {
-        return audit_failed(e, &uri);
+        return r;
     }
     (
         StatusCode::CREATED,
