@@ -18,11 +18,10 @@ use super::faults::{Fault, FaultScenario, InvariantReport};
 use super::profile::DemandProfile;
 use super::queue::EventQueue;
 use super::radio::{Radio, RadioConfig, RadioReport};
+use super::traffic::{SensorRec, Traffic};
 use super::{LinkConfig, LossMode};
 
-const MIN_MS: u64 = 60_000;
-/// Road users are generated in slots of this length.
-const SLOT_MS: u64 = 300_000;
+pub(crate) const MIN_MS: u64 = 60_000;
 /// Zone series sampling step for the charts.
 pub(crate) const SAMPLE_MS: u64 = 600_000;
 /// Passages in the first and last minutes of darkness are not judged (photocell and command
@@ -36,7 +35,8 @@ pub(crate) const DETECTION_P: f64 = 0.95;
 pub(crate) const SILENCE_TIMEOUT_S: u16 = 900;
 pub(crate) const REPORT_INTERVAL_S: u32 = 300;
 
-const USERS: [RoadUser; 3] = [RoadUser::Pedestrian, RoadUser::Cyclist, RoadUser::Vehicle];
+pub(crate) const USERS: [RoadUser; 3] =
+    [RoadUser::Pedestrian, RoadUser::Cyclist, RoadUser::Vehicle];
 
 pub(crate) fn speed_mps(who: RoadUser) -> f64 {
     match who {
@@ -123,21 +123,12 @@ pub(crate) struct Shared<'a> {
     pub tenant: TenantId,
     pub busy_zone: u32,
     pub quiet_zone: u32,
+    /// Each lamp's zone (index into `town.zones`).
+    pub lamp_zone: Vec<u32>,
     /// For each fault, the nodes it touches (NodesDown, ClockSkew).
     pub fault_nodes: Vec<Vec<u32>>,
     pub skew_ms: Vec<i64>,
     pub fail_safe: FailSafeProfile,
-}
-
-fn mix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-fn unit(x: u64) -> f64 {
-    (mix64(x) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl<'a> Shared<'a> {
@@ -244,6 +235,15 @@ impl<'a> Shared<'a> {
             tenant,
             busy_zone: 0,
             quiet_zone: 0,
+            lamp_zone: {
+                let mut v = vec![0; town.lamps.len()];
+                for (z, zone) in town.zones.iter().enumerate() {
+                    for l in &zone.lamps {
+                        v[l.0 as usize] = z as u32;
+                    }
+                }
+                v
+            },
             fault_nodes: Vec::new(),
             skew_ms: vec![0; town.lamps.len()],
             fail_safe: FailSafeProfile::part_night(utc_offset_min as i16, SILENCE_TIMEOUT_S),
@@ -445,19 +445,6 @@ fn dev_addr(i: usize) -> DevAddr {
     DevAddr(0x2600_0000 + i as u32)
 }
 
-/// A road user reaching the sensor range of the `pos`-th lamp of a zone on a trip.
-#[derive(Debug, Clone, Copy)]
-struct Step {
-    trip: u32,
-    zone: u32,
-    pos: u32,
-    dir: i8,
-    who: RoadUser,
-    speed: f32,
-    /// From entering the sensor range to passing the column.
-    pass_in_ms: u32,
-}
-
 /// A passage past a lamp, judged once the lamp's state up to it is known (see
 /// [`Sim::judge_passages`]).
 #[derive(Debug, Clone, Copy)]
@@ -477,10 +464,6 @@ enum Ev {
     UpRadio(u32, u32, u32),
     /// A command for a lamp, parked in [`Sim::commands`].
     Down(u32, u32),
-    Slot,
-    /// A road user enters a sensor's range: it may be detected, and it passes the lamp
-    /// `pass_in_ms` later.
-    Step(Step),
     Sample,
     FaultOn(u16),
     FaultOff(u16),
@@ -558,9 +541,7 @@ pub(crate) struct Sim<'s, 'a> {
     ctrl: Option<ControllerCore>,
     provisioned: Vec<ProvisionedNode>,
     last_cmd: Vec<Option<u8>>,
-    traffic_rng: ChaCha8Rng,
     link_rng: ChaCha8Rng,
-    next_trip: u32,
     /// Active transient faults: their count, and the loss and delay they add.
     active: u32,
     fault_loss_pct: f64,
@@ -658,9 +639,7 @@ impl<'s, 'a> Sim<'s, 'a> {
             ctrl,
             provisioned,
             last_cmd: vec![None; sh.town.lamps.len()],
-            traffic_rng: ChaCha8Rng::seed_from_u64(sh.seed),
             link_rng: ChaCha8Rng::seed_from_u64(sh.seed ^ 0x11_4C_1E),
-            next_trip: 0,
             active: 0,
             fault_loss_pct: 0.0,
             fault_delay_ms: 0,
@@ -686,7 +665,6 @@ impl<'s, 'a> Sim<'s, 'a> {
             policy,
         };
         sim.push(sh.start, Ev::Tick);
-        sim.push(sh.start, Ev::Slot);
         sim.push(sh.start, Ev::Sample);
         for i in 0..sim.nodes.len() {
             sim.push(sh.start, Ev::Wake(i as u32));
@@ -721,10 +699,20 @@ impl<'s, 'a> Sim<'s, 'a> {
     }
 
     /// Runs to the end; `progress` gets the share of virtual time done now and then.
-    pub fn run(mut self, progress: &mut dyn FnMut(f64)) -> Outcome {
+    pub fn run(mut self, traffic: &Traffic, progress: &mut dyn FnMut(f64)) -> Outcome {
         let span = (self.sh.end - self.sh.start).max(1) as f64;
         let mut next_report = self.sh.start;
-        while let Some((t, ev)) = self.queue.pop() {
+        let mut road_users = traffic.reader();
+        loop {
+            // The road users' stream and the queue, merged in time order.
+            let (t_road, t_queue) = (road_users.peek_t(), self.queue.peek_t());
+            let from_road = match (t_road, t_queue) {
+                (Some(r), Some(q)) => r < q,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let t = if from_road { t_road } else { t_queue }.unwrap_or(u64::MAX);
             if t >= self.sh.end {
                 break;
             }
@@ -733,7 +721,13 @@ impl<'s, 'a> Sim<'s, 'a> {
                 next_report = t + 3_600_000;
             }
             self.out.events_processed += 1;
-            self.handle(t, ev);
+            if from_road {
+                if let Some(rec) = road_users.next_rec() {
+                    self.sensor(rec);
+                }
+            } else if let Some((t, ev)) = self.queue.pop() {
+                self.handle(t, ev);
+            }
         }
         let end = self.sh.end;
         for i in 0..self.nodes.len() {
@@ -823,11 +817,6 @@ impl<'s, 'a> Sim<'s, 'a> {
                     self.out.downlinks_applied += 1;
                 }
             }
-            Ev::Slot => {
-                self.generate_slot(now);
-                self.push(now + SLOT_MS, Ev::Slot);
-            }
-            Ev::Step(step) => self.step(now, step),
             Ev::Sample => {
                 self.sample(now);
                 self.push(now + SAMPLE_MS, Ev::Sample);
@@ -1166,103 +1155,31 @@ impl<'s, 'a> Sim<'s, 'a> {
         }
     }
 
-    fn generate_slot(&mut self, now: u64) {
-        // Road users only matter while lamps may be lit: skip slots in full daylight.
-        let lit = (0..=7).any(|k| {
-            self.sh
-                .dark_at((now + k * 5 * MIN_MS).saturating_sub(15 * MIN_MS))
-        });
-        if !lit {
-            return;
-        }
-        let mid = now + SLOT_MS / 2;
-        for z in 0..self.sh.zones.len() {
-            let rates = self.sh.rates_per_h(z, mid);
-            let n_lamps = self.sh.town.zones[z].lamps.len() as u32;
-            for (k, who) in USERS.iter().enumerate() {
-                // Trips run from a random lamp to the zone's end, covering half the zone
-                // on average, so twice the flow starts to give the flow past each lamp.
-                let lambda = rates[k] * 2.0 * SLOT_MS as f64 / 3_600_000.0;
-                let count = poisson(&mut self.traffic_rng, lambda);
-                for _ in 0..count {
-                    let t = now + self.traffic_rng.gen_range(0..SLOT_MS);
-                    let pos = self.traffic_rng.gen_range(0..n_lamps);
-                    let dir = if self.sh.zones[z].one_way || self.traffic_rng.gen_bool(0.5) {
-                        1
-                    } else {
-                        -1
-                    };
-                    let speed = (speed_mps(*who) * self.traffic_rng.gen_range(0.8..1.2)) as f32;
-                    let step = Step {
-                        trip: self.next_trip,
-                        zone: z as u32,
-                        pos,
-                        dir,
-                        who: *who,
-                        speed,
-                        pass_in_ms: 0,
-                    };
-                    self.next_trip = self.next_trip.wrapping_add(1);
-                    let lead = (SENSOR_RANGE_M / speed as f64 * 1000.0) as u64;
-                    let in_range = t.saturating_sub(lead).max(now);
-                    let step = Step {
-                        pass_in_ms: (t - in_range) as u32,
-                        ..step
-                    };
-                    self.push(in_range, Ev::Step(step));
-                }
-            }
-        }
-    }
-
-    fn lamp_of(&self, step: &Step) -> u32 {
-        self.sh.town.zones[step.zone as usize].lamps[step.pos as usize].0
-    }
-
-    /// A road user enters the range of a lamp's sensor: the sensor may see it, its passage
-    /// waits to be judged, and the trip goes on to the next lamp.
-    fn step(&mut self, now: u64, step: Step) {
-        let i = self.lamp_of(&step) as usize;
-        let detected =
-            unit((step.trip as u64).wrapping_mul(0x1_0000_0001) ^ i as u64 ^ self.sh.seed)
-                < DETECTION_P;
-        if detected {
-            let who = step.who;
+    /// A road user enters the range of a lamp's sensor: the sensor may see it, and its
+    /// passage waits to be judged.
+    fn sensor(&mut self, rec: SensorRec) {
+        let (now, i) = (rec.t, rec.lamp as usize);
+        if rec.detected() {
+            let who = rec.who();
             self.touch(i, now, |core, nn| core.handle_presence(nn, who));
         }
-        let t_pass = now + step.pass_in_ms as u64;
+        let t_pass = now + rec.pass_in_ms as u64;
         if t_pass < self.sh.end {
+            let zone = self.sh.lamp_zone[i];
             self.out.passages += 1;
             let sample = ((t_pass - self.sh.start) / SAMPLE_MS + 1) as usize;
-            if step.zone == self.sh.busy_zone {
+            if zone == self.sh.busy_zone {
                 self.zone_passages[0][sample] += 1;
             }
-            if step.zone == self.sh.quiet_zone {
+            if zone == self.sh.quiet_zone {
                 self.zone_passages[1][sample] += 1;
             }
             self.nodes[i].passages.push(Passage {
                 t: t_pass,
-                zone: step.zone,
-                who: step.who,
+                zone,
+                who: rec.who(),
             });
         }
-        // On to the next lamp.
-        let z = step.zone as usize;
-        let next = step.pos as i64 + step.dir as i64;
-        let n_lamps = self.sh.town.zones[z].lamps.len() as i64;
-        if next < 0 || next >= n_lamps {
-            return;
-        }
-        let gap = self.sh.zones[z].gaps_m[step.pos.min(next as u32) as usize] as f64;
-        let speed = step.speed as f64;
-        let t_next_pass = t_pass + (gap / speed * 1000.0) as u64;
-        let t_next_range = t_pass + ((gap - SENSOR_RANGE_M).max(0.0) / speed * 1000.0) as u64;
-        let step = Step {
-            pos: next as u32,
-            pass_in_ms: (t_next_pass - t_next_range) as u32,
-            ..step
-        };
-        self.push(t_next_range, Ev::Step(step));
     }
 
     /// Judges lamp `i`'s passages up to `upto` (inclusive) against its state now, which has
@@ -1443,26 +1360,4 @@ impl Shared<'_> {
     fn virtual_time_of(&self, i: usize, t: UnixMs) -> u64 {
         (t.0 as i64 - self.skew_ms[i]).max(0) as u64
     }
-}
-
-fn poisson(rng: &mut ChaCha8Rng, lambda: f64) -> u32 {
-    if lambda <= 0.0 {
-        return 0;
-    }
-    if lambda < 30.0 {
-        let l = (-lambda).exp();
-        let mut k = 0;
-        let mut p = 1.0;
-        loop {
-            p *= rng.gen::<f64>();
-            if p <= l {
-                return k;
-            }
-            k += 1;
-        }
-    }
-    let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
-    let u2: f64 = rng.gen();
-    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-    (lambda + lambda.sqrt() * z).round().max(0.0) as u32
 }

@@ -21,7 +21,8 @@
 //! fail-safe profile; the minute wake-ups and the ramp end of a commanded node change nothing
 //! and are skipped, exactly), the controller ticks every `tick_s` (10 s), packets arrive when
 //! the link delivers them and road users enter each lamp's sensor range when their speed
-//! takes them there. A passage past a lamp is not an event: it waits with the lamp and is
+//! takes them there. The road users do not depend on the policy: they are made once per run
+//! and read by every policy's run in time order, merged with its queue (`traffic.rs`). A passage past a lamp is not an event: it waits with the lamp and is
 //! judged when the lamp's state next changes, since until then the node core tells the
 //! level at any instant. A day of Cambridge (6,117 lamps, about 10 million passages at
 //! night) is about 30 million events per policy.
@@ -111,9 +112,10 @@ pub mod profile;
 mod queue;
 pub mod radio;
 mod report;
+mod traffic;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 
 pub use bench::{bench, BenchOptions};
@@ -372,18 +374,26 @@ pub fn run_town(
         })
         .collect::<Result<_, PlanError>>()?;
 
-    let threads = match opts.threads {
+    let cores = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
-    }
-    .clamp(1, policies.len());
+    };
+    let threads = cores.clamp(1, policies.len());
+    let traffic = traffic::Traffic::new(&shared, policies.len());
+    let stop_producing = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<engine::Outcome>>> = Mutex::new(vec![None; policies.len()]);
     let (tx, rx) = mpsc::channel::<(usize, f64)>();
     std::thread::scope(|s| {
+        if cores > threads {
+            // A core to spare: it makes the road users ahead of the runs.
+            let (traffic, stop) = (&traffic, &stop_producing);
+            s.spawn(move || traffic.produce(stop));
+        }
         for _ in 0..threads {
             let tx = tx.clone();
-            let (next, results, configs, shared) = (&next, &results, &configs, &shared);
+            let (next, results, configs, shared, traffic) =
+                (&next, &results, &configs, &shared, &traffic);
             s.spawn(move || loop {
                 // The demand-following policies come last in the list and take longest:
                 // started first, they do not leave one thread running alone at the end.
@@ -393,7 +403,7 @@ pub fn run_town(
                 }
                 let k = configs.len() - 1 - n;
                 let sim = engine::Sim::new(shared, configs[k].clone());
-                let outcome = sim.run(&mut |f| {
+                let outcome = sim.run(traffic, &mut |f| {
                     let _ = tx.send((k, f));
                 });
                 if let Ok(mut r) = results.lock() {
@@ -407,6 +417,7 @@ pub fn run_town(
             done[k] = f;
             progress(done.iter().sum::<f64>() / done.len() as f64);
         }
+        stop_producing.store(true, Ordering::Release);
     });
     let outcomes: Vec<engine::Outcome> = results
         .into_inner()

@@ -102,9 +102,29 @@ impl<T> EventQueue<T> {
 
     /// The earliest item and its time.
     pub fn pop(&mut self) -> Option<(u64, T)> {
+        let e = if self.next_is_late()? {
+            self.late.pop()
+        } else {
+            self.current.pop()
+        }?;
+        Some((e.t, e.item))
+    }
+
+    /// The time of the earliest item.
+    pub fn peek_t(&mut self) -> Option<u64> {
+        Some(if self.next_is_late()? {
+            self.late.peek()?.t
+        } else {
+            self.current.last()?.t
+        })
+    }
+
+    /// Turns the ring until the earliest item is in `current` or `late`, and says which
+    /// (None: the queue is empty).
+    fn next_is_late(&mut self) -> Option<bool> {
         loop {
             // Entry's order is reversed (for the heaps): "greater" is earlier.
-            let from_late = match (self.current.last(), self.late.peek()) {
+            return Some(match (self.current.last(), self.late.peek()) {
                 (Some(c), Some(l)) => l > c,
                 (None, Some(_)) => true,
                 (Some(_), None) => false,
@@ -117,14 +137,7 @@ impl<T> EventQueue<T> {
                     self.advance();
                     continue;
                 }
-            };
-            let e = if from_late {
-                self.late.pop()
-            } else {
-                self.current.pop()
-            }
-            .expect("peeked");
-            return Some((e.t, e.item));
+            });
         }
     }
 
@@ -156,11 +169,11 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// Whatever the pushes and pops, items come out exactly as from one binary heap of
+        /// Whatever the pushes, peeks and pops, items come out exactly as from one binary heap of
         /// (time, push order): the order a run's determinism rests on.
         #[test]
         fn pops_in_the_order_of_one_heap(
-            ops in proptest::collection::vec((0u64..4_000_000, 0u8..4), 1..600),
+            ops in proptest::collection::vec((0u64..4_000_000, 0u8..5), 1..600),
         ) {
             let mut q = EventQueue::new(1_000);
             let mut reference = BinaryHeap::new();
@@ -168,12 +181,18 @@ mod tests {
             let mut now = 1_000u64;
             for (k, (dt, op)) in ops.iter().enumerate() {
                 if *op == 0 {
+                    let peeked = q.peek_t();
                     let got = q.pop();
+                    prop_assert_eq!(peeked, got.as_ref().map(|(t, _)| *t));
                     let want = reference.pop().map(|e: Entry<usize>| (e.t, e.item));
                     prop_assert_eq!(got, want);
                     if let Some((t, _)) = got {
                         now = t;
                     }
+                } else if *op == 4 {
+                    // A peek may turn the ring ahead of the present; later pushes near
+                    // the present must still come out first.
+                    prop_assert_eq!(q.peek_t(), reference.peek().map(|e| e.t));
                 } else {
                     // Mostly near the present, sometimes far beyond the ring, sometimes at
                     // the very same instant.

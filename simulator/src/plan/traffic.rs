@@ -1,0 +1,428 @@
+//! Road users of a planning run, made once and read by every policy's run.
+//!
+//! Who walks or drives where, and whether a sensor sees them, does not depend on the
+//! policy: the traffic has its own random stream and detection is a hash of (trip, lamp,
+//! seed). So the road users are generated once per run, as a time-ordered stream of
+//! [`SensorRec`]s (a road user entering a lamp's sensor range), and each policy's run
+//! merges that stream with its own event queue. Before, every policy generated the same
+//! trips again and walked each one lamp by lamp through its queue: a third of its events.
+//!
+//! The stream is cut into one-minute [`CHUNK_MS`] chunks. A trip is laid out whole when it
+//! starts (its speed is fixed, so the time it reaches each lamp is known), its records go
+//! to the chunks they fall in, and a chunk is sorted once when no trip still to start can
+//! reach it. Whichever run first needs a chunk makes it; a chunk is freed when every run
+//! has read it. With a core to spare (one policy on a two-core machine), a producer thread
+//! makes chunks ahead of the run, a bounded way ahead.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lamplighter_edge::RoadUser;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::engine::{speed_mps, Shared, DETECTION_P, MIN_MS, SENSOR_RANGE_M, USERS};
+
+/// Road users are generated in slots of this length.
+const SLOT_MS: u64 = 300_000;
+/// The stream is made and shared in chunks of this length.
+pub(crate) const CHUNK_MS: u64 = 60_000;
+/// How many chunks a producer thread may run ahead of the slowest reader.
+const LOOKAHEAD_CHUNKS: usize = 30;
+
+/// A road user entering the sensor range of a lamp.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SensorRec {
+    pub t: u64,
+    pub lamp: u32,
+    /// From entering the sensor range to passing the column.
+    pub pass_in_ms: u16,
+    /// The road user's kind (index into [`USERS`]) in the low bits; [`DETECTED`] set when
+    /// the sensor sees it.
+    flags: u8,
+}
+
+const DETECTED: u8 = 0x80;
+
+impl SensorRec {
+    pub fn who(&self) -> RoadUser {
+        USERS[(self.flags & 0x3) as usize]
+    }
+
+    pub fn detected(&self) -> bool {
+        self.flags & DETECTED != 0
+    }
+}
+
+fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn unit(x: u64) -> f64 {
+    (mix64(x) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The generator: trips started slot by slot, their records waiting in the chunks they
+/// fall in until those are complete.
+struct Generator {
+    rng: ChaCha8Rng,
+    next_trip: u32,
+    /// Start of the next slot to generate.
+    next_slot: u64,
+    /// Chunks made so far; `pending[0]` is chunk `made`.
+    made: usize,
+    pending: VecDeque<Vec<SensorRec>>,
+}
+
+impl Generator {
+    fn new(sh: &Shared) -> Self {
+        Generator {
+            rng: ChaCha8Rng::seed_from_u64(sh.seed),
+            next_trip: 0,
+            next_slot: sh.start,
+            made: 0,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// The next chunk, sorted by time (ties in the order the records were made).
+    fn next_chunk(&mut self, sh: &Shared) -> Vec<SensorRec> {
+        let chunk_end = sh.start + (self.made as u64 + 1) * CHUNK_MS;
+        // Every record lies at or after its trip's slot: once the slots up to the chunk's
+        // end are out, no later trip can reach it.
+        while self.next_slot < chunk_end && self.next_slot < sh.end {
+            let slot = self.next_slot;
+            self.generate_slot(sh, slot);
+            self.next_slot += SLOT_MS;
+        }
+        let mut chunk = self.pending.pop_front().unwrap_or_default();
+        self.made += 1;
+        chunk.sort_by_key(|r| r.t);
+        chunk
+    }
+
+    fn put(&mut self, sh: &Shared, rec: SensorRec) {
+        let k = ((rec.t - sh.start) / CHUNK_MS) as usize - self.made;
+        if self.pending.len() <= k {
+            self.pending.resize_with(k + 1, Vec::new);
+        }
+        self.pending[k].push(rec);
+    }
+
+    fn generate_slot(&mut self, sh: &Shared, now: u64) {
+        // Road users only matter while lamps may be lit: skip slots in full daylight.
+        let lit = (0..=7).any(|k| sh.dark_at((now + k * 5 * MIN_MS).saturating_sub(15 * MIN_MS)));
+        if !lit {
+            return;
+        }
+        let mid = now + SLOT_MS / 2;
+        for z in 0..sh.zones.len() {
+            let rates = sh.rates_per_h(z, mid);
+            let n_lamps = sh.town.zones[z].lamps.len() as u32;
+            for (k, who) in USERS.iter().enumerate() {
+                // Trips run from a random lamp to the zone's end, covering half the zone
+                // on average, so twice the flow starts to give the flow past each lamp.
+                let lambda = rates[k] * 2.0 * SLOT_MS as f64 / 3_600_000.0;
+                let count = poisson(&mut self.rng, lambda);
+                for _ in 0..count {
+                    let t = now + self.rng.gen_range(0..SLOT_MS);
+                    let pos = self.rng.gen_range(0..n_lamps);
+                    let dir = if sh.zones[z].one_way || self.rng.gen_bool(0.5) {
+                        1
+                    } else {
+                        -1
+                    };
+                    let speed = (speed_mps(*who) * self.rng.gen_range(0.8..1.2)) as f32;
+                    let trip = self.next_trip;
+                    self.next_trip = self.next_trip.wrapping_add(1);
+                    let lead = (SENSOR_RANGE_M / speed as f64 * 1000.0) as u64;
+                    let in_range = t.saturating_sub(lead).max(now);
+                    self.lay_out_trip(sh, trip, z, pos, dir, k as u8, speed, in_range, t);
+                }
+            }
+        }
+    }
+
+    /// The records of one trip: the road user enters the range of the `pos`-th lamp of
+    /// zone `z` at `in_range`, passes it at `t_pass` and goes on lamp by lamp to the zone's
+    /// end (or the run's).
+    #[allow(clippy::too_many_arguments)]
+    fn lay_out_trip(
+        &mut self,
+        sh: &Shared,
+        trip: u32,
+        z: usize,
+        mut pos: u32,
+        dir: i8,
+        who: u8,
+        speed: f32,
+        mut in_range: u64,
+        mut t_pass: u64,
+    ) {
+        let lamps = &sh.town.zones[z].lamps;
+        let n_lamps = lamps.len() as i64;
+        let speed = speed as f64;
+        while in_range < sh.end {
+            let lamp = lamps[pos as usize].0;
+            let seen = unit((trip as u64).wrapping_mul(0x1_0000_0001) ^ lamp as u64 ^ sh.seed)
+                < DETECTION_P;
+            self.put(
+                sh,
+                SensorRec {
+                    t: in_range,
+                    lamp,
+                    pass_in_ms: (t_pass - in_range) as u16,
+                    flags: who | if seen { DETECTED } else { 0 },
+                },
+            );
+            let next = pos as i64 + dir as i64;
+            if next < 0 || next >= n_lamps {
+                return;
+            }
+            let gap = sh.zones[z].gaps_m[pos.min(next as u32) as usize] as f64;
+            let t_next_pass = t_pass + (gap / speed * 1000.0) as u64;
+            in_range = t_pass + ((gap - SENSOR_RANGE_M).max(0.0) / speed * 1000.0) as u64;
+            t_pass = t_next_pass;
+            pos = next as u32;
+        }
+    }
+}
+
+/// The shared stream; see the module docs.
+pub(crate) struct Traffic<'s, 'a> {
+    sh: &'s Shared<'a>,
+    generator: Mutex<Generator>,
+    chunks: Vec<Mutex<Option<Arc<Vec<SensorRec>>>>>,
+    /// Per chunk, the runs that have not read it yet.
+    readers_left: Vec<AtomicUsize>,
+    /// Chunks every run has read (they are freed in order, since each run reads in order).
+    freed: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A run that panicked is reported as such by the caller; its data is still whole.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<'s, 'a> Traffic<'s, 'a> {
+    /// The road users of the run of `sh`, to be read by `readers` runs.
+    pub fn new(sh: &'s Shared<'a>, readers: usize) -> Self {
+        let n = (sh.end - sh.start).div_ceil(CHUNK_MS) as usize;
+        Traffic {
+            sh,
+            generator: Mutex::new(Generator::new(sh)),
+            chunks: (0..n).map(|_| Mutex::new(None)).collect(),
+            readers_left: (0..n).map(|_| AtomicUsize::new(readers)).collect(),
+            freed: AtomicUsize::new(0),
+        }
+    }
+
+    /// Chunk `k` (None past the end), made now if no run has needed it yet.
+    fn chunk(&self, k: usize) -> Option<Arc<Vec<SensorRec>>> {
+        if k >= self.chunks.len() {
+            return None;
+        }
+        if let Some(c) = lock(&self.chunks[k]).as_ref() {
+            return Some(c.clone());
+        }
+        let mut g = lock(&self.generator);
+        while g.made <= k {
+            let made = g.made;
+            let chunk = g.next_chunk(self.sh);
+            *lock(&self.chunks[made]) = Some(Arc::new(chunk));
+        }
+        drop(g);
+        lock(&self.chunks[k]).clone()
+    }
+
+    /// A run has read chunk `k`: the last one to do so frees it.
+    fn done_with(&self, k: usize) {
+        if self.readers_left[k].fetch_sub(1, Ordering::AcqRel) == 1 {
+            *lock(&self.chunks[k]) = None;
+            self.freed.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Makes chunks ahead of the runs until all are made or `stop` is set: for a spare core.
+    pub fn produce(&self, stop: &AtomicBool) {
+        loop {
+            let next = lock(&self.generator).made;
+            if next >= self.chunks.len() {
+                return;
+            }
+            while next >= self.freed.load(Ordering::Acquire) + LOOKAHEAD_CHUNKS {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::park_timeout(Duration::from_millis(2));
+            }
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            drop(self.chunk(next));
+        }
+    }
+
+    /// A reader of the whole stream, in time order.
+    pub fn reader(&'s self) -> Reader<'s, 'a> {
+        Reader {
+            traffic: self,
+            k: 0,
+            chunk: self.chunk(0),
+            pos: 0,
+        }
+    }
+}
+
+/// One run's place in the stream.
+pub(crate) struct Reader<'s, 'a> {
+    traffic: &'s Traffic<'s, 'a>,
+    k: usize,
+    chunk: Option<Arc<Vec<SensorRec>>>,
+    pos: usize,
+}
+
+impl Reader<'_, '_> {
+    /// The time of the next record.
+    pub fn peek_t(&mut self) -> Option<u64> {
+        loop {
+            let chunk = self.chunk.as_ref()?;
+            if let Some(r) = chunk.get(self.pos) {
+                return Some(r.t);
+            }
+            self.chunk = None;
+            self.traffic.done_with(self.k);
+            self.k += 1;
+            self.pos = 0;
+            self.chunk = self.traffic.chunk(self.k);
+        }
+    }
+
+    /// The next record (after [`Reader::peek_t`] said there is one).
+    pub fn next_rec(&mut self) -> Option<SensorRec> {
+        self.peek_t()?;
+        let r = self.chunk.as_ref()?.get(self.pos).copied();
+        self.pos += 1;
+        r
+    }
+}
+
+fn poisson(rng: &mut ChaCha8Rng, lambda: f64) -> u32 {
+    if lambda <= 0.0 {
+        return 0;
+    }
+    if lambda < 30.0 {
+        let l = (-lambda).exp();
+        let mut k = 0;
+        let mut p = 1.0;
+        loop {
+            p *= rng.gen::<f64>();
+            if p <= l {
+                return k;
+            }
+            k += 1;
+        }
+    }
+    let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.gen();
+    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    (lambda + lambda.sqrt() * z).round().max(0.0) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::faults::FaultScenario;
+    use crate::plan::profile::DemandProfile;
+    use crate::plan::{LinkConfig, DEFAULT_START};
+    use lamplighter_town::Town;
+
+    fn read_all(traffic: &Traffic) -> Vec<SensorRec> {
+        let mut reader = traffic.reader();
+        std::iter::from_fn(|| reader.next_rec()).collect()
+    }
+
+    #[test]
+    fn every_reader_gets_the_same_time_ordered_stream_and_chunks_are_freed() {
+        let town = Town::procedural(400, 3, (52.2, 0.12));
+        let profile = DemandProfile::builtin();
+        let sh = Shared::new(
+            &town,
+            &profile,
+            DEFAULT_START.0,
+            1,
+            7,
+            0,
+            10_000,
+            LinkConfig::default(),
+            FaultScenario::none(),
+            1.0,
+        );
+        let traffic = Traffic::new(&sh, 2);
+        let first = read_all(&traffic);
+        assert!(first.len() > 10_000, "only {} records", first.len());
+        assert!(first.windows(2).all(|w| w[0].t <= w[1].t), "out of order");
+        assert!(first.iter().all(|r| (sh.start..sh.end).contains(&r.t)));
+        let seen = first.iter().filter(|r| r.detected()).count() as f64;
+        let share = seen / first.len() as f64;
+        assert!((0.93..0.97).contains(&share), "detected share {share}");
+        // Nothing is freed while the second run still has to read it.
+        assert_eq!(traffic.freed.load(Ordering::Acquire), 0);
+        // A producer thread running ahead changes nothing the second reader gets.
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| traffic.produce(&stop));
+        });
+        assert_eq!(read_all(&traffic), first);
+        assert_eq!(traffic.freed.load(Ordering::Acquire), traffic.chunks.len());
+        assert!(traffic.chunks.iter().all(|c| lock(c).is_none()));
+        // A fresh stream from the same seed is the same stream.
+        assert_eq!(read_all(&Traffic::new(&sh, 1)), first);
+    }
+
+    #[test]
+    fn a_trip_reaches_the_lamps_of_its_zone_one_after_another() {
+        let town = Town::procedural(200, 5, (52.2, 0.12));
+        let profile = DemandProfile::builtin();
+        let sh = Shared::new(
+            &town,
+            &profile,
+            DEFAULT_START.0,
+            1,
+            11,
+            0,
+            10_000,
+            LinkConfig::default(),
+            FaultScenario::none(),
+            1.0,
+        );
+        let mut g = Generator::new(&sh);
+        // One vehicle from the first lamp of the longest zone to its end, at 10 m/s.
+        let (z, zone) = town
+            .zones
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, z)| z.lamps.len())
+            .expect("zones");
+        let start = sh.start + 3_600_000;
+        g.made = ((start - 2_000 - sh.start) / CHUNK_MS) as usize;
+        g.lay_out_trip(&sh, 1, z, 0, 1, 2, 10.0, start - 2_000, start);
+        let recs: Vec<SensorRec> = g.pending.iter().flatten().copied().collect();
+        assert_eq!(recs.len(), zone.lamps.len());
+        let mut t_pass = start;
+        for (k, r) in recs.iter().enumerate() {
+            assert_eq!(r.lamp, zone.lamps[k].0);
+            assert_eq!(r.who(), RoadUser::Vehicle);
+            assert_eq!(r.t + r.pass_in_ms as u64, t_pass, "lamp {k}");
+            if k + 1 < recs.len() {
+                let gap = sh.zones[z].gaps_m[k] as f64;
+                t_pass += (gap / 10.0 * 1000.0) as u64;
+            }
+        }
+    }
+}
