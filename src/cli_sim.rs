@@ -200,6 +200,9 @@ pub struct RunArgs {
     /// Distance between gateways with `--radio lorawan`.
     #[arg(long, default_value_t = 2000.0)]
     pub gateway_spacing_m: f64,
+    /// Regions the town is planned as, each with its own controller (IP nodes only).
+    #[arg(long, default_value_t = 1)]
+    pub regions: usize,
 }
 
 #[derive(Args)]
@@ -217,6 +220,9 @@ pub struct BenchArgs {
     /// Skip the Cambridge case (`--only big`) or the big town (`--only cambridge`).
     #[arg(long)]
     pub only: Option<String>,
+    /// Regions the big town is planned as (default: one per 3,000 lamps).
+    #[arg(long)]
+    pub regions: Option<usize>,
 }
 
 #[derive(clap::Subcommand)]
@@ -278,6 +284,7 @@ fn plan(args: RunArgs) -> Result<()> {
         seed: args.seed,
         tariff_gbp_per_kwh: args.tariff_gbp_per_kwh,
         carbon_kg_per_kwh: args.carbon_kg_per_kwh,
+        regions: args.regions,
         ..PlanOptions::default()
     };
     let started = Instant::now();
@@ -317,6 +324,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         seed: args.seed,
         runs: args.runs.max(1),
         only: args.only.clone(),
+        procedural_regions: args.regions,
         ..BenchOptions::default()
     };
     lamplighter_print_line!("{}", plan::bench(&opts));

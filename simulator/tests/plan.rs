@@ -147,3 +147,63 @@ fn a_missing_demand_file_falls_back_with_a_warning() {
     let builtin = r.demand_sources.values().any(|s| s.contains("built-in"));
     assert!(builtin || r.warnings.is_empty());
 }
+
+#[test]
+fn regions_keep_every_road_user_and_leave_the_baselines_unchanged() {
+    let t = Instant::now();
+    let opts = PlanOptions {
+        policies: vec!["adaptive".into()],
+        ..small(5, 600)
+    };
+    let one = plan::run(&opts, &mut |_| {}).unwrap();
+    let three_opts = PlanOptions {
+        regions: 3,
+        ..opts.clone()
+    };
+    let three = plan::run(&three_opts, &mut |_| {}).unwrap();
+    eprintln!("one and three regions, 600 lamps: {:?}", t.elapsed());
+    assert_eq!(one.parameters.regions, 1);
+    assert_eq!(three.parameters.regions, 3);
+    // The runs of three regions on the machine's cores still give one answer.
+    let again = plan::run(&three_opts, &mut |_| {}).unwrap();
+    assert_eq!(three.to_json(), again.to_json());
+    for (name, a) in &one.policies {
+        let b = &three.policies[name];
+        // Every road user is met by exactly one region.
+        assert_eq!(a.exposure.passages, b.exposure.passages, "{name}");
+        assert_eq!(
+            a.exposure.judged_passages, b.exposure.judged_passages,
+            "{name}"
+        );
+        assert!(a.exposure.judged_passages > 1_000, "{name}: a quiet night");
+        let energy_ratio = b.energy_kwh / a.energy_kwh;
+        if name == "adaptive" {
+            // Only bubbles across a region's edge are lost.
+            assert!(
+                (0.97..=1.0001).contains(&energy_ratio),
+                "{name}: {energy_ratio}"
+            );
+            assert!(
+                (a.exposure.share - b.exposure.share).abs() < 0.002,
+                "{name}: {} against {}",
+                a.exposure.share,
+                b.exposure.share
+            );
+        } else {
+            // The baselines do not depend on road users: the same figures.
+            assert!((energy_ratio - 1.0).abs() < 1e-6, "{name}: {energy_ratio}");
+            assert_eq!(
+                a.exposure.underlit_passages, b.exposure.underlit_passages,
+                "{name}"
+            );
+        }
+    }
+    let radio = PlanOptions {
+        radio: Some(plan::radio::RadioConfig::default()),
+        ..three_opts
+    };
+    let err = plan::run(&radio, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("one region"), "{err}");
+    let zero = PlanOptions { regions: 0, ..opts };
+    assert!(plan::run(&zero, &mut |_| {}).is_err());
+}

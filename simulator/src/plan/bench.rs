@@ -1,7 +1,8 @@
 //! `lamplighter sim bench`: whole-system figures for planning mode.
 //!
-//! Two cases: (a) Cambridge MA, every policy, one day; (b) a procedural town of 72,000 lamps
-//! (Glasgow's count), one policy, one day. Each reports wall time and simulated
+//! Two cases: (a) Cambridge MA, every policy, one day, under one controller; (b) a
+//! procedural town of 72,000 lamps (Glasgow's count), one policy, one day, as ward-sized
+//! regions of up to [`BENCH_LAMPS_PER_REGION`] lamps with a controller each. Each reports wall time and simulated
 //! lamp-seconds per wall second (lamps x simulated seconds x policies / wall seconds), as
 //! medians of `runs` runs (3 by default).
 //! The figures are for people; no test asserts on them.
@@ -13,12 +14,18 @@ use serde_json::json;
 
 use super::{load_town, run_town, PlanOptions, TownSource};
 
+/// The big town is planned as ward-sized regions of up to this many lamps, each with its
+/// own controller (Glasgow: 72,000 lamps, 23 wards); see `regions.rs`.
+pub const BENCH_LAMPS_PER_REGION: usize = 3_000;
+
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Cambridge's folder; the case is skipped (and says why) when it is missing.
     pub cambridge_dir: PathBuf,
     pub procedural_lamps: usize,
     pub procedural_policy: String,
+    /// Regions the procedural town is planned as (None: one per [`BENCH_LAMPS_PER_REGION`]).
+    pub procedural_regions: Option<usize>,
     pub days: u32,
     pub seed: u64,
     /// Runs of each case; the figures are their medians.
@@ -33,6 +40,7 @@ impl Default for BenchOptions {
             cambridge_dir: super::default_data_dir().join("town/cambridge_ma"),
             procedural_lamps: 72_000,
             procedural_policy: "adaptive".into(),
+            procedural_regions: None,
             days: 1,
             seed: 1,
             runs: 3,
@@ -81,6 +89,7 @@ fn case(name: &str, opts: &PlanOptions, runs: usize) -> serde_json::Value {
         "case": name,
         "lamps": town.lamps.len(),
         "policies": r.policy_order,
+        "regions": r.parameters.regions,
         "days": opts.days,
         "load_wall_s": load_s,
         "runs": walls.len(),
@@ -110,6 +119,9 @@ pub fn bench(opts: &BenchOptions) -> serde_json::Value {
         policies: vec![opts.procedural_policy.clone()],
         days: opts.days,
         seed: opts.seed,
+        regions: opts
+            .procedural_regions
+            .unwrap_or(opts.procedural_lamps.div_ceil(BENCH_LAMPS_PER_REGION)),
         ..PlanOptions::default()
     };
     let wanted = |c: &str| opts.only.as_deref().is_none_or(|o| o == c);

@@ -18,7 +18,8 @@ use super::faults::{Fault, FaultScenario, InvariantReport};
 use super::profile::DemandProfile;
 use super::queue::EventQueue;
 use super::radio::{Radio, RadioConfig, RadioReport};
-use super::traffic::{SensorRec, Traffic};
+use super::regions::Region;
+use super::traffic::{Reader, SensorRec};
 use super::{LinkConfig, LossMode};
 
 pub(crate) const MIN_MS: u64 = 60_000;
@@ -533,9 +534,67 @@ pub(crate) struct Outcome {
     pub invariants: InvariantReport,
 }
 
+impl Outcome {
+    /// Adds another region's outcome of the same policy to this one.
+    pub fn absorb(&mut self, o: Outcome) {
+        for (a, b) in self.energy_by_hour_wh.iter_mut().zip(&o.energy_by_hour_wh) {
+            *a += b;
+        }
+        self.energy_wh = self.energy_by_hour_wh.iter().sum();
+        for (mine, theirs) in [
+            (&mut self.judged, o.judged),
+            (&mut self.underlit, o.underlit),
+            (&mut self.underlit_by_cause, o.underlit_by_cause),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k).or_default() += v;
+            }
+        }
+        // The radio is modelled over one region only.
+        self.radio = self.radio.take().or(o.radio);
+        self.passages += o.passages;
+        self.late_rise_passages += o.late_rise_passages;
+        self.late_rise_s += o.late_rise_s;
+        self.level_changes += o.level_changes;
+        self.uplinks_sent += o.uplinks_sent;
+        self.downlinks_sent += o.downlinks_sent;
+        self.packets_lost += o.packets_lost;
+        self.packets_retransmitted += o.packets_retransmitted;
+        self.uplinks_accepted += o.uplinks_accepted;
+        self.uplinks_rejected += o.uplinks_rejected;
+        self.uplinks_unheard += o.uplinks_unheard;
+        self.downlinks_applied += o.downlinks_applied;
+        self.events_processed += o.events_processed;
+        // A zone is charted by the region that has it.
+        if self.busy.t_h.is_empty() {
+            self.busy = o.busy;
+        }
+        if self.quiet.t_h.is_empty() {
+            self.quiet = o.quiet;
+        }
+        let (a, b) = (&mut self.invariants, o.invariants);
+        a.floor_checks += b.floor_checks;
+        a.below_floor_lamp_minutes += b.below_floor_lamp_minutes;
+        a.longest_below_floor_s = a.longest_below_floor_s.max(b.longest_below_floor_s);
+        // Every region sees the same heals.
+        a.heals_checked = a.heals_checked.max(b.heals_checked);
+        a.slowest_convergence_s = a.slowest_convergence_s.max(b.slowest_convergence_s);
+        if a.violation.is_none() {
+            a.violation = b.violation;
+        }
+    }
+}
+
 pub(crate) struct Sim<'s, 'a> {
     sh: &'s Shared<'a>,
+    /// The lamps and zones this run's controller has: node `i` of the run is the town's lamp
+    /// `region.lamps[i]`.
+    region: &'s Region,
     policy: PolicyConfig,
+    /// Whether the lamps have presence sensors: only for policies that use presence. The
+    /// static baselines stand for today's photocell and timer schemes, whose lamps have no
+    /// sensor and send no presence reports (their levels would be the same either way).
+    sensing: bool,
     queue: EventQueue<Ev>,
     nodes: Vec<Node>,
     ctrl: Option<ControllerCore>,
@@ -577,18 +636,20 @@ pub(crate) const UNDERLIT_CAUSES: [&str; 4] = [
 ];
 
 impl<'s, 'a> Sim<'s, 'a> {
-    pub fn new(sh: &'s Shared<'a>, policy: PolicyConfig) -> Self {
-        let provisioned: Vec<ProvisionedNode> = sh
-            .town
+    /// The run of `policy` over `region` (the `nth` of the town's regions).
+    pub fn new(sh: &'s Shared<'a>, policy: PolicyConfig, region: &'s Region, nth: u64) -> Self {
+        let provisioned: Vec<ProvisionedNode> = region
             .lamps
             .iter()
             .enumerate()
-            .map(|(i, l)| ProvisionedNode {
+            .map(|(i, &g)| (i, g as usize, &sh.town.lamps[g as usize]))
+            .map(|(i, g, l)| ProvisionedNode {
+                // Numbered in the region, so the controller's index is the lamp's.
                 lamp: LampId(i as u32),
                 tenant: sh.tenant.clone(),
-                dev_eui: dev_eui(i),
-                dev_addr: dev_addr(i),
-                keys: sh.keys[i],
+                dev_eui: dev_eui(g),
+                dev_addr: dev_addr(g),
+                keys: sh.keys[g],
                 zone: l.zone,
                 lat: l.lat,
                 lon: l.lon,
@@ -598,8 +659,11 @@ impl<'s, 'a> Sim<'s, 'a> {
                 last_energy_dwh: None,
             })
             .collect();
-        let nodes = (0..sh.town.lamps.len())
-            .map(|i| {
+        let nodes = region
+            .lamps
+            .iter()
+            .map(|&g| {
+                let i = g as usize;
                 let core = NodeCore::new(sh.node_config(i), sh.node_now(i, sh.start), 0, 0.0);
                 let level = core.level_pct(sh.node_now(i, sh.start));
                 Node {
@@ -616,7 +680,8 @@ impl<'s, 'a> Sim<'s, 'a> {
                 }
             })
             .collect();
-        let ctrl = ControllerCore::new(sh.controller_config(&policy), provisioned.clone()).ok();
+        let ctrl =
+            ControllerCore::new(sh.controller_config(&policy, region), provisioned.clone()).ok();
         let floor_by_minute = (0..1440u16)
             .map(|m| policy.min_level_pct.min(sh.fail_safe.level_at_minute(m)))
             .collect();
@@ -634,12 +699,13 @@ impl<'s, 'a> Sim<'s, 'a> {
         };
         let mut sim = Sim {
             sh,
+            region,
             queue: EventQueue::new(sh.start),
             nodes,
             ctrl,
             provisioned,
-            last_cmd: vec![None; sh.town.lamps.len()],
-            link_rng: ChaCha8Rng::seed_from_u64(sh.seed ^ 0x11_4C_1E),
+            last_cmd: vec![None; region.lamps.len()],
+            link_rng: ChaCha8Rng::seed_from_u64(sh.seed ^ 0x11_4C_1E ^ (nth << 40)),
             active: 0,
             fault_loss_pct: 0.0,
             fault_delay_ms: 0,
@@ -655,6 +721,7 @@ impl<'s, 'a> Sim<'s, 'a> {
             judged_by_user: [0; 3],
             underlit_by_user: [0; 3],
             underlit_by_cause: [0; 4],
+            // The radio is the whole town's (one region when there is one).
             radio: sh.radio.as_ref().map(|c| Radio::new(c, sh.town)),
             out: Outcome {
                 energy_by_hour_wh: vec![0.0; hours.max(1)],
@@ -662,6 +729,7 @@ impl<'s, 'a> Sim<'s, 'a> {
                 quiet: series(sh.quiet_zone),
                 ..Outcome::default()
             },
+            sensing: policy.reactive || policy.adaptive,
             policy,
         };
         sim.push(sh.start, Ev::Tick);
@@ -694,15 +762,20 @@ impl<'s, 'a> Sim<'s, 'a> {
         sim
     }
 
+    /// The town's index of the run's lamp `i`.
+    fn lamp(&self, i: usize) -> usize {
+        self.region.lamps[i] as usize
+    }
+
     fn push(&mut self, t: u64, ev: Ev) {
         self.queue.push(t, ev);
     }
 
     /// Runs to the end; `progress` gets the share of virtual time done now and then.
-    pub fn run(mut self, traffic: &Traffic, progress: &mut dyn FnMut(f64)) -> Outcome {
-        let span = (self.sh.end - self.sh.start).max(1) as f64;
-        let mut next_report = self.sh.start;
-        let mut road_users = traffic.reader();
+    /// Runs the events before `until` (virtual time), taking the road users from
+    /// `road_users` (this run's region's stream).
+    pub fn advance(&mut self, road_users: &mut Reader, until: u64) {
+        let until = until.min(self.sh.end);
         loop {
             // The road users' stream and the queue, merged in time order.
             let (t_road, t_queue) = (road_users.peek_t(), self.queue.peek_t());
@@ -713,12 +786,8 @@ impl<'s, 'a> Sim<'s, 'a> {
                 (None, None) => break,
             };
             let t = if from_road { t_road } else { t_queue }.unwrap_or(u64::MAX);
-            if t >= self.sh.end {
+            if t >= until {
                 break;
-            }
-            if t >= next_report {
-                progress((t - self.sh.start) as f64 / span);
-                next_report = t + 3_600_000;
             }
             self.out.events_processed += 1;
             if from_road {
@@ -729,11 +798,14 @@ impl<'s, 'a> Sim<'s, 'a> {
                 self.handle(t, ev);
             }
         }
+    }
+
+    /// Closes the books at the end of the run (after [`Sim::advance`] to the end).
+    pub fn finish(mut self) -> Outcome {
         let end = self.sh.end;
         for i in 0..self.nodes.len() {
             self.account(i, end);
         }
-        progress(1.0);
         for (k, who) in USERS.iter().enumerate() {
             if self.judged_by_user[k] > 0 {
                 self.out
@@ -844,7 +916,7 @@ impl<'s, 'a> Sim<'s, 'a> {
             let arrives = match self.radio.as_mut() {
                 Some(r) => {
                     let payload_len = o.command.encode().map_or(0, |p| p.len());
-                    r.send_downlink(i, now, frame_len(payload_len))
+                    r.send_downlink(self.region.lamps[i] as usize, now, frame_len(payload_len))
                 }
                 None => self.link_delay(now),
             };
@@ -919,7 +991,10 @@ impl<'s, 'a> Sim<'s, 'a> {
             false => 0.0,
             // Most of the time the ramp is over: no need to work the power out again.
             true if now >= n.ramp_end_ms => n.settled_power_w,
-            true => self.sh.power[i].input_power_w(n.core.level_pct(self.sh.node_now(i, now))),
+            true => {
+                let g = self.lamp(i);
+                self.sh.power[g].input_power_w(n.core.level_pct(self.sh.node_now(g, now)))
+            }
         }
     }
 
@@ -948,13 +1023,14 @@ impl<'s, 'a> Sim<'s, 'a> {
             return;
         }
         self.account(i, now);
-        let nn = self.sh.node_now(i, now);
+        let g = self.lamp(i);
+        let nn = self.sh.node_now(g, now);
         let n = &mut self.nodes[i];
         let before = n.core.target_pct();
         f(&mut n.core, nn);
         if n.core.target_pct() != before {
             self.out.level_changes += 1;
-            n.settled_power_w = self.sh.power[i].input_power_w(n.core.target_pct());
+            n.settled_power_w = self.sh.power[g].input_power_w(n.core.target_pct());
         }
         // One report at most, nearly always: the rest (if any) without an allocation for
         // the common case.
@@ -990,8 +1066,8 @@ impl<'s, 'a> Sim<'s, 'a> {
             }
             due = next;
         }
-        let wake = self.sh.virtual_time_of(i, due).max(now);
-        n.ramp_end_ms = self.sh.virtual_time_of(i, ramp_end);
+        let wake = self.sh.virtual_time_of(g, due).max(now);
+        n.ramp_end_ms = self.sh.virtual_time_of(g, ramp_end);
         let n = &mut self.nodes[i];
         if wake < n.next_wake {
             n.next_wake = wake;
@@ -1001,7 +1077,7 @@ impl<'s, 'a> Sim<'s, 'a> {
             self.out.uplinks_sent += 1;
             if let Some(r) = self.radio.as_mut() {
                 let channel = self.link_rng.gen_range(0..3);
-                let on_air = r.send_uplink(i, now, frame_len(StatusReport::LEN), channel);
+                let on_air = r.send_uplink(g, now, frame_len(StatusReport::LEN), channel);
                 let parked = self.uplinks.put(uplink);
                 self.push(
                     on_air.arrives_ms,
@@ -1019,7 +1095,8 @@ impl<'s, 'a> Sim<'s, 'a> {
             self.nodes[i].below_since = None;
             return;
         }
-        let nn = self.sh.node_now(i, now);
+        let g = self.lamp(i);
+        let nn = self.sh.node_now(g, now);
         let minute = (UnixMs(now).local_seconds_of_day(self.sh.utc_offset_min) / 60) as usize;
         let floor = self.floor_by_minute[minute.min(1439)] as f32;
         let n = &mut self.nodes[i];
@@ -1035,10 +1112,10 @@ impl<'s, 'a> Sim<'s, 'a> {
         let for_s = (now - since) / 1000;
         inv.longest_below_floor_s = inv.longest_below_floor_s.max(for_s);
         // A node whose clock is off sees dusk that much late.
-        let grace_s = self.sh.faults.floor_grace_s + self.sh.skew_ms[i].unsigned_abs() / 1000;
+        let grace_s = self.sh.faults.floor_grace_s + self.sh.skew_ms[g].unsigned_abs() / 1000;
         if for_s > grace_s && inv.violation.is_none() {
             inv.violation = Some(format!(
-                "lamp {i} stayed below its floor ({floor:.0} %) at {level:.1} % for {for_s} s \
+                "lamp {g} stayed below its floor ({floor:.0} %) at {level:.1} % for {for_s} s \
                  while dark, at {} s into the run (allowed: {} s)",
                 (now - self.sh.start) / 1000,
                 grace_s
@@ -1054,8 +1131,11 @@ impl<'s, 'a> Sim<'s, 'a> {
         }
         match f {
             Fault::NodesDown { .. } => {
-                for j in self.sh.fault_nodes[k].clone() {
-                    let j = j as usize;
+                let region = self.region;
+                for j in self.sh.fault_nodes[k]
+                    .iter()
+                    .filter_map(|&g| region.local_of(g))
+                {
                     self.account(j, now);
                     let n = &mut self.nodes[j];
                     n.alive = false;
@@ -1084,28 +1164,32 @@ impl<'s, 'a> Sim<'s, 'a> {
     fn fault_off(&mut self, now: u64, k: usize) {
         match self.sh.faults.faults[k].clone() {
             Fault::NodesDown { .. } => {
-                for j in self.sh.fault_nodes[k].clone() {
-                    let j = j as usize;
+                let region = self.region;
+                for j in self.sh.fault_nodes[k]
+                    .iter()
+                    .filter_map(|&g| region.local_of(g))
+                {
                     // Passages while it was down met a dark lamp.
                     self.judge_passages(j, now);
-                    let nn = self.sh.node_now(j, now);
+                    let g = self.lamp(j);
+                    let nn = self.sh.node_now(g, now);
                     let old = &self.nodes[j].core;
                     let (fcnt, energy) = (old.fcnt_up(), old.energy_wh());
-                    let core = NodeCore::new(self.sh.node_config(j), nn, fcnt, energy);
+                    let core = NodeCore::new(self.sh.node_config(g), nn, fcnt, energy);
                     let n = &mut self.nodes[j];
                     n.core = core;
                     n.alive = true;
                     n.last_ms = now;
                     n.last_power_w = 0.0;
                     n.ramp_end_ms = now;
-                    n.settled_power_w = self.sh.power[j].input_power_w(n.core.target_pct());
+                    n.settled_power_w = self.sh.power[g].input_power_w(n.core.target_pct());
                     n.next_wake = now;
                     self.push(now, Ev::Wake(j as u32));
                 }
             }
             Fault::ControllerDown { .. } => {
                 self.ctrl = ControllerCore::new(
-                    self.sh.controller_config(&self.policy),
+                    self.sh.controller_config(&self.policy, self.region),
                     self.provisioned.clone(),
                 )
                 .ok();
@@ -1144,28 +1228,32 @@ impl<'s, 'a> Sim<'s, 'a> {
         if let (Some(&i), None) = (stragglers.first(), &self.out.invariants.violation) {
             self.out.invariants.violation = Some(format!(
                 "{} live lamps had not applied the controller's latest command {} s after \
-                 the faults healed at {} s into the run (e.g. lamp {i}: node target {:.0} %, \
+                 the faults healed at {} s into the run (e.g. lamp {}: node target {:.0} %, \
                  commanded {:?})",
                 stragglers.len(),
                 self.sh.faults.converge_within_s,
                 (heal - self.sh.start) / 1000,
+                self.lamp(i),
                 self.nodes[i].core.target_pct(),
                 self.last_cmd[i],
             ));
         }
     }
 
-    /// A road user enters the range of a lamp's sensor: the sensor may see it, and its
-    /// passage waits to be judged.
+    /// A road user enters the range of a lamp's sensor: the sensor may see it (if the lamp
+    /// has one), and its passage waits to be judged.
     fn sensor(&mut self, rec: SensorRec) {
-        let (now, i) = (rec.t, rec.lamp as usize);
-        if rec.detected() {
+        let Some(i) = self.region.local_of(rec.lamp) else {
+            return;
+        };
+        let now = rec.t;
+        if rec.detected() && self.sensing {
             let who = rec.who();
             self.touch(i, now, |core, nn| core.handle_presence(nn, who));
         }
         let t_pass = now + rec.pass_in_ms as u64;
         if t_pass < self.sh.end {
-            let zone = self.sh.lamp_zone[i];
+            let zone = self.sh.lamp_zone[rec.lamp as usize];
             self.out.passages += 1;
             let sample = ((t_pass - self.sh.start) / SAMPLE_MS + 1) as usize;
             if zone == self.sh.busy_zone {
@@ -1207,7 +1295,7 @@ impl<'s, 'a> Sim<'s, 'a> {
         let who = user_index(p.who);
         self.judged_by_user[who] += 1;
         let required = self.sh.required_pct(p.zone as usize, now);
-        let nn = self.sh.node_now(i, now);
+        let nn = self.sh.node_now(self.lamp(i), now);
         let n = &self.nodes[i];
         let (level, target) = if n.alive {
             (n.core.level_pct(nn), n.core.target_pct())
@@ -1244,13 +1332,19 @@ impl<'s, 'a> Sim<'s, 'a> {
             .into_iter()
             .enumerate()
         {
+            // The zone is charted by the region that has it.
+            if self.region.zones.binary_search(&z).is_err() {
+                continue;
+            }
             let lamps = &self.sh.town.zones[z as usize].lamps;
             let mut sum = 0.0;
             for l in lamps {
-                let i = l.0 as usize;
+                let Some(i) = self.region.local_of(l.0) else {
+                    continue;
+                };
                 let n = &self.nodes[i];
                 if n.alive {
-                    sum += n.core.level_pct(self.sh.node_now(i, now)) as f64;
+                    sum += n.core.level_pct(self.sh.node_now(l.0 as usize, now)) as f64;
                 }
             }
             let demand: f64 = self.sh.rates_per_h(z as usize, now).iter().sum();
@@ -1325,14 +1419,14 @@ pub(crate) fn round(x: f64, digits: i32) -> f64 {
 impl Shared<'_> {
     /// The controller knows each zone's road (design class and capacity), as a council
     /// would configure it.
-    fn controller_config(&self, policy: &PolicyConfig) -> ControllerConfig {
+    fn controller_config(&self, policy: &PolicyConfig, region: &Region) -> ControllerConfig {
         ControllerConfig {
             policy: policy.clone(),
             report_interval_s: REPORT_INTERVAL_S,
-            zones: self
-                .town
+            zones: region
                 .zones
                 .iter()
+                .map(|&z| &self.town.zones[z as usize])
                 .map(|z| ZoneParams {
                     tenant: None,
                     zone: z.id,

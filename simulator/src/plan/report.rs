@@ -24,6 +24,8 @@ pub struct Parameters {
     pub tariff_gbp_per_kwh: f64,
     pub carbon_kg_per_kwh: f64,
     pub tick_s: u32,
+    /// Regions the town was planned as, each with its own controller.
+    pub regions: usize,
     pub demand_scale: f64,
     pub link: LinkConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,6 +177,7 @@ pub(crate) fn build(
     profile: &DemandProfile,
     warnings: Vec<String>,
     utc_offset_min: i32,
+    regions: usize,
     policies: &[String],
     outcomes: Vec<Outcome>,
 ) -> PlanReport {
@@ -279,6 +282,7 @@ pub(crate) fn build(
             tariff_gbp_per_kwh: opts.tariff_gbp_per_kwh,
             carbon_kg_per_kwh: opts.carbon_kg_per_kwh,
             tick_s: opts.tick_s,
+            regions,
             demand_scale: opts.demand_scale,
             link: opts.link.clone(),
             radio: opts.radio.clone(),

@@ -24,6 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::engine::{speed_mps, Shared, DETECTION_P, MIN_MS, SENSOR_RANGE_M, USERS};
+use super::regions::Region;
 
 /// Road users are generated in slots of this length.
 const SLOT_MS: u64 = 300_000;
@@ -74,24 +75,36 @@ struct Generator {
     next_trip: u32,
     /// Start of the next slot to generate.
     next_slot: u64,
-    /// Chunks made so far; `pending[0]` is chunk `made`.
+    /// Chunks made so far; `pending[0]` is chunk `made`, by region.
     made: usize,
-    pending: VecDeque<Vec<SensorRec>>,
+    pending: VecDeque<Vec<Vec<SensorRec>>>,
+    /// Each lamp's region.
+    region_of: Vec<u16>,
+    regions: usize,
 }
 
 impl Generator {
-    fn new(sh: &Shared) -> Self {
+    fn new(sh: &Shared, regions: &[Region]) -> Self {
+        let mut region_of = vec![0; sh.town.lamps.len()];
+        for (r, region) in regions.iter().enumerate() {
+            for &g in &region.lamps {
+                region_of[g as usize] = r as u16;
+            }
+        }
         Generator {
             rng: ChaCha8Rng::seed_from_u64(sh.seed),
             next_trip: 0,
             next_slot: sh.start,
             made: 0,
             pending: VecDeque::new(),
+            region_of,
+            regions: regions.len().max(1),
         }
     }
 
-    /// The next chunk, sorted by time (ties in the order the records were made).
-    fn next_chunk(&mut self, sh: &Shared) -> Vec<SensorRec> {
+    /// The next chunk of each region, sorted by time (ties in the order the records were
+    /// made).
+    fn next_chunk(&mut self, sh: &Shared) -> Vec<Vec<SensorRec>> {
         let chunk_end = sh.start + (self.made as u64 + 1) * CHUNK_MS;
         // Every record lies at or after its trip's slot: once the slots up to the chunk's
         // end are out, no later trip can reach it.
@@ -100,18 +113,25 @@ impl Generator {
             self.generate_slot(sh, slot);
             self.next_slot += SLOT_MS;
         }
-        let mut chunk = self.pending.pop_front().unwrap_or_default();
+        let mut chunk = self
+            .pending
+            .pop_front()
+            .unwrap_or_else(|| vec![Vec::new(); self.regions]);
         self.made += 1;
-        chunk.sort_by_key(|r| r.t);
+        for region in &mut chunk {
+            region.sort_by_key(|r| r.t);
+        }
         chunk
     }
 
     fn put(&mut self, sh: &Shared, rec: SensorRec) {
         let k = ((rec.t - sh.start) / CHUNK_MS) as usize - self.made;
         if self.pending.len() <= k {
-            self.pending.resize_with(k + 1, Vec::new);
+            let regions = self.regions;
+            self.pending
+                .resize_with(k + 1, || vec![Vec::new(); regions]);
         }
-        self.pending[k].push(rec);
+        self.pending[k][self.region_of[rec.lamp as usize] as usize].push(rec);
     }
 
     fn generate_slot(&mut self, sh: &Shared, now: u64) {
@@ -193,14 +213,18 @@ impl Generator {
     }
 }
 
-/// The shared stream; see the module docs.
+/// A region's records in one chunk's time, shared by the runs that read them.
+type Chunk = Arc<Vec<SensorRec>>;
+
+/// The shared stream, one per region; see the module docs.
 pub(crate) struct Traffic<'s, 'a> {
     sh: &'s Shared<'a>,
     generator: Mutex<Generator>,
-    chunks: Vec<Mutex<Option<Arc<Vec<SensorRec>>>>>,
-    /// Per chunk, the runs that have not read it yet.
-    readers_left: Vec<AtomicUsize>,
-    /// Chunks every run has read (they are freed in order, since each run reads in order).
+    /// By region, then chunk.
+    chunks: Vec<Vec<Mutex<Option<Chunk>>>>,
+    /// By region and chunk, the runs that have not read it yet.
+    readers_left: Vec<Vec<AtomicUsize>>,
+    /// Chunks (of any region) every run has read.
     freed: AtomicUsize,
 }
 
@@ -210,52 +234,67 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<'s, 'a> Traffic<'s, 'a> {
-    /// The road users of the run of `sh`, to be read by `readers` runs.
-    pub fn new(sh: &'s Shared<'a>, readers: usize) -> Self {
+    /// The road users of the run of `sh`, each region's to be read by `readers` runs.
+    pub fn new(sh: &'s Shared<'a>, regions: &[Region], readers: usize) -> Self {
         let n = (sh.end - sh.start).div_ceil(CHUNK_MS) as usize;
+        let r = regions.len().max(1);
         Traffic {
             sh,
-            generator: Mutex::new(Generator::new(sh)),
-            chunks: (0..n).map(|_| Mutex::new(None)).collect(),
-            readers_left: (0..n).map(|_| AtomicUsize::new(readers)).collect(),
+            generator: Mutex::new(Generator::new(sh, regions)),
+            chunks: (0..r)
+                .map(|_| (0..n).map(|_| Mutex::new(None)).collect())
+                .collect(),
+            readers_left: (0..r)
+                .map(|_| (0..n).map(|_| AtomicUsize::new(readers)).collect())
+                .collect(),
             freed: AtomicUsize::new(0),
         }
     }
 
-    /// Chunk `k` (None past the end), made now if no run has needed it yet.
-    fn chunk(&self, k: usize) -> Option<Arc<Vec<SensorRec>>> {
-        if k >= self.chunks.len() {
+    fn chunk_count(&self) -> usize {
+        self.chunks[0].len()
+    }
+
+    /// Chunk `k` of region `r` (None past the end), made now if no run has needed it yet.
+    fn chunk(&self, r: usize, k: usize) -> Option<Chunk> {
+        if k >= self.chunk_count() {
             return None;
         }
-        if let Some(c) = lock(&self.chunks[k]).as_ref() {
+        if let Some(c) = lock(&self.chunks[r][k]).as_ref() {
             return Some(c.clone());
         }
+        self.make_upto(k);
+        lock(&self.chunks[r][k]).clone()
+    }
+
+    fn make_upto(&self, k: usize) {
         let mut g = lock(&self.generator);
         while g.made <= k {
             let made = g.made;
-            let chunk = g.next_chunk(self.sh);
-            *lock(&self.chunks[made]) = Some(Arc::new(chunk));
+            for (r, chunk) in g.next_chunk(self.sh).into_iter().enumerate() {
+                *lock(&self.chunks[r][made]) = Some(Arc::new(chunk));
+            }
         }
-        drop(g);
-        lock(&self.chunks[k]).clone()
     }
 
-    /// A run has read chunk `k`: the last one to do so frees it.
-    fn done_with(&self, k: usize) {
-        if self.readers_left[k].fetch_sub(1, Ordering::AcqRel) == 1 {
-            *lock(&self.chunks[k]) = None;
+    /// A run has read chunk `k` of region `r`: the last one to do so frees it.
+    fn done_with(&self, r: usize, k: usize) {
+        if self.readers_left[r][k].fetch_sub(1, Ordering::AcqRel) == 1 {
+            *lock(&self.chunks[r][k]) = None;
             self.freed.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     /// Makes chunks ahead of the runs until all are made or `stop` is set: for a spare core.
     pub fn produce(&self, stop: &AtomicBool) {
+        let regions = self.chunks.len();
         loop {
             let next = lock(&self.generator).made;
-            if next >= self.chunks.len() {
+            if next >= self.chunk_count() {
                 return;
             }
-            while next >= self.freed.load(Ordering::Acquire) + LOOKAHEAD_CHUNKS {
+            while next * regions >= self.freed.load(Ordering::Acquire) + LOOKAHEAD_CHUNKS * regions
+            {
                 if stop.load(Ordering::Acquire) {
                     return;
                 }
@@ -264,26 +303,28 @@ impl<'s, 'a> Traffic<'s, 'a> {
             if stop.load(Ordering::Acquire) {
                 return;
             }
-            drop(self.chunk(next));
+            self.make_upto(next);
         }
     }
 
-    /// A reader of the whole stream, in time order.
-    pub fn reader(&'s self) -> Reader<'s, 'a> {
+    /// A reader of region `r`'s stream, in time order.
+    pub fn reader(&'s self, r: usize) -> Reader<'s, 'a> {
         Reader {
             traffic: self,
+            r,
             k: 0,
-            chunk: self.chunk(0),
+            chunk: self.chunk(r, 0),
             pos: 0,
         }
     }
 }
 
-/// One run's place in the stream.
+/// One run's place in its region's stream.
 pub(crate) struct Reader<'s, 'a> {
     traffic: &'s Traffic<'s, 'a>,
+    r: usize,
     k: usize,
-    chunk: Option<Arc<Vec<SensorRec>>>,
+    chunk: Option<Chunk>,
     pos: usize,
 }
 
@@ -296,10 +337,10 @@ impl Reader<'_, '_> {
                 return Some(r.t);
             }
             self.chunk = None;
-            self.traffic.done_with(self.k);
+            self.traffic.done_with(self.r, self.k);
             self.k += 1;
             self.pos = 0;
-            self.chunk = self.traffic.chunk(self.k);
+            self.chunk = self.traffic.chunk(self.r, self.k);
         }
     }
 
@@ -339,11 +380,12 @@ mod tests {
     use super::*;
     use crate::plan::faults::FaultScenario;
     use crate::plan::profile::DemandProfile;
+    use crate::plan::regions;
     use crate::plan::{LinkConfig, DEFAULT_START};
     use lamplighter_town::Town;
 
     fn read_all(traffic: &Traffic) -> Vec<SensorRec> {
-        let mut reader = traffic.reader();
+        let mut reader = traffic.reader(0);
         std::iter::from_fn(|| reader.next_rec()).collect()
     }
 
@@ -363,7 +405,8 @@ mod tests {
             FaultScenario::none(),
             1.0,
         );
-        let traffic = Traffic::new(&sh, 2);
+        let whole = regions::split(&town, 1);
+        let traffic = Traffic::new(&sh, &whole, 2);
         let first = read_all(&traffic);
         assert!(first.len() > 10_000, "only {} records", first.len());
         assert!(first.windows(2).all(|w| w[0].t <= w[1].t), "out of order");
@@ -379,10 +422,24 @@ mod tests {
             s.spawn(|| traffic.produce(&stop));
         });
         assert_eq!(read_all(&traffic), first);
-        assert_eq!(traffic.freed.load(Ordering::Acquire), traffic.chunks.len());
-        assert!(traffic.chunks.iter().all(|c| lock(c).is_none()));
-        // A fresh stream from the same seed is the same stream.
-        assert_eq!(read_all(&Traffic::new(&sh, 1)), first);
+        assert_eq!(traffic.freed.load(Ordering::Acquire), traffic.chunk_count());
+        assert!(traffic.chunks[0].iter().all(|c| lock(c).is_none()));
+        // A fresh stream from the same seed is the same stream, and split by region it is
+        // the same records, each in the stream of its lamp's region.
+        assert_eq!(read_all(&Traffic::new(&sh, &whole, 1)), first);
+        let parts = regions::split(&town, 3);
+        let split = Traffic::new(&sh, &parts, 1);
+        let mut merged = Vec::new();
+        for (r, region) in parts.iter().enumerate() {
+            let mut reader = split.reader(r);
+            let mine: Vec<SensorRec> = std::iter::from_fn(|| reader.next_rec()).collect();
+            assert!(mine.iter().all(|rec| region.local_of(rec.lamp).is_some()));
+            merged.extend(mine);
+        }
+        merged.sort_by_key(|rec| (rec.t, rec.lamp, rec.pass_in_ms, rec.flags));
+        let mut all = first.clone();
+        all.sort_by_key(|rec| (rec.t, rec.lamp, rec.pass_in_ms, rec.flags));
+        assert_eq!(merged, all);
     }
 
     #[test]
@@ -401,7 +458,7 @@ mod tests {
             FaultScenario::none(),
             1.0,
         );
-        let mut g = Generator::new(&sh);
+        let mut g = Generator::new(&sh, &regions::split(&town, 1));
         // One vehicle from the first lamp of the longest zone to its end, at 10 m/s.
         let (z, zone) = town
             .zones
@@ -412,7 +469,7 @@ mod tests {
         let start = sh.start + 3_600_000;
         g.made = ((start - 2_000 - sh.start) / CHUNK_MS) as usize;
         g.lay_out_trip(&sh, 1, z, 0, 1, 2, 10.0, start - 2_000, start);
-        let recs: Vec<SensorRec> = g.pending.iter().flatten().copied().collect();
+        let recs: Vec<SensorRec> = g.pending.iter().flatten().flatten().copied().collect();
         assert_eq!(recs.len(), zone.lamps.len());
         let mut t_pass = start;
         for (k, r) in recs.iter().enumerate() {
