@@ -166,6 +166,17 @@ fn rules() -> BTreeMap<&'static str, &'static str> {
              grid, SF by path loss, Semtech airtime, LoRaSim collisions with 6 dB capture, 1 % \
              node and 10 % RX2 gateway duty cycles (plan::radio)",
         ),
+        (
+            "sensors",
+            "lamps under full and part-night have no presence sensor (today's photocell and \
+             timer schemes) and send only periodic reports; under the other policies each \
+             node's sensor sees a road user 20 m before the column with probability 0.95",
+        ),
+        (
+            "regions",
+            "with regions > 1 the town is split into sets of whole zones, each under its own \
+             controller: a presence bubble stops at its region's edge; figures are summed",
+        ),
     ])
 }
 
