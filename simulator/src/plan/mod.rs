@@ -17,7 +17,7 @@
 //! A big town can be planned as regions (`--regions N`; `regions.rs`): sets of whole zones,
 //! each under its own controller, run on their own and summed. The default is one region:
 //! the town under one controller. Each (policy, region) is a run; the runs share the
-//! machine's cores and advance together half an hour of virtual time at a time.
+//! machine's cores half an hour of virtual time at a time, keeping pace with one another.
 //!
 //! Lamps of the static baselines (`full`, `part-night`) have no presence sensor: they stand
 //! for today's photocell and timer schemes, whose levels do not depend on road users, and
@@ -125,8 +125,8 @@ mod report;
 mod traffic;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Barrier, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Condvar, Mutex};
 
 pub use bench::{bench, BenchOptions};
 pub use engine::ZoneSeries;
@@ -421,9 +421,69 @@ pub fn run_town(
     ))
 }
 
-/// Virtual time the runs advance together by: the road users' chunks they have all read
-/// are freed as they go.
+/// Virtual time a run advances by at a time (see [`Board`]).
 const WINDOW_MS: u64 = 1_800_000;
+
+/// How far each run is, and which are being run now. A thread takes the least advanced
+/// run that is free, one window at a time: the runs keep pace with one another (so the road
+/// users' chunks they have all read are freed) without waiting at each window's end.
+struct Board {
+    windows_done: Vec<usize>,
+    busy: Vec<bool>,
+}
+
+/// How many windows a run may get ahead of the slowest.
+const WINDOW_SLACK: usize = 4;
+
+impl Board {
+    /// The next (run, window) for a thread, or None when nothing is left for it (every run
+    /// is done or being run by another thread).
+    fn claim(board: &Mutex<Board>, moved: &Condvar, windows: usize) -> Option<(usize, usize)> {
+        let mut b = board.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let slowest = b
+                .windows_done
+                .iter()
+                .copied()
+                .filter(|&d| d < windows)
+                .min()?;
+            let free = |k: &usize| !b.busy[*k] && b.windows_done[*k] < windows;
+            if !(0..b.busy.len()).any(|k| free(&k)) {
+                return None;
+            }
+            let pick = (0..b.busy.len())
+                .filter(free)
+                .filter(|&k| b.windows_done[k] <= slowest + WINDOW_SLACK)
+                .min_by_key(|&k| (b.windows_done[k], k));
+            if let Some(k) = pick {
+                b.busy[k] = true;
+                return Some((k, b.windows_done[k]));
+            }
+            // Only runs too far ahead are free: wait for the slowest to move.
+            b = moved.wait(b).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Run `k` finished a window (or panicked); returns the share of all work done.
+    fn release(
+        board: &Mutex<Board>,
+        moved: &Condvar,
+        k: usize,
+        panicked: bool,
+        windows: usize,
+    ) -> f64 {
+        let mut b = board.lock().unwrap_or_else(|e| e.into_inner());
+        b.busy[k] = false;
+        b.windows_done[k] = if panicked {
+            windows
+        } else {
+            b.windows_done[k] + 1
+        };
+        moved.notify_all();
+        let done: usize = b.windows_done.iter().sum();
+        done as f64 / (windows * b.windows_done.len()).max(1) as f64
+    }
+}
 
 /// One policy over one region.
 enum Item<'s, 'a> {
@@ -445,8 +505,8 @@ fn run_items(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    // The demand-following policies come last in the list and take longest: started
-    // first in each window, they do not leave one thread running alone at its end.
+    // The demand-following policies come last in the list and take longest: first among
+    // equals, they do not leave one thread running alone at the end.
     let order: Vec<(usize, usize)> = (0..configs.len())
         .rev()
         .flat_map(|p| (0..regions.len()).map(move |r| (p, r)))
@@ -455,8 +515,11 @@ fn run_items(
     let traffic = traffic::Traffic::new(shared, regions, configs.len());
     let items: Vec<Mutex<Item>> = order.iter().map(|_| Mutex::new(Item::NotStarted)).collect();
     let windows = (shared.end - shared.start).div_ceil(WINDOW_MS) as usize;
-    let next: Vec<AtomicUsize> = (0..windows).map(|_| AtomicUsize::new(0)).collect();
-    let barrier = Barrier::new(threads);
+    let board = Mutex::new(Board {
+        windows_done: vec![0; order.len()],
+        busy: vec![false; order.len()],
+    });
+    let moved = Condvar::new();
     let stop_producing = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<f64>();
     std::thread::scope(|s| {
@@ -467,47 +530,40 @@ fn run_items(
         }
         for _ in 0..threads {
             let tx = tx.clone();
-            let (next, items, order, traffic, barrier) =
-                (&next, &items, &order, &traffic, &barrier);
+            let (items, order, traffic, board, moved) = (&items, &order, &traffic, &board, &moved);
             s.spawn(move || {
-                for (w, claimed) in next.iter().enumerate() {
+                while let Some((k, w)) = Board::claim(board, moved, windows) {
                     let until = shared.start + (w as u64 + 1) * WINDOW_MS;
-                    loop {
-                        let k = claimed.fetch_add(1, Ordering::SeqCst);
-                        if k >= items.len() {
-                            break;
+                    let (p, r) = order[k];
+                    let mut item = items[k].lock().unwrap_or_else(|e| e.into_inner());
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if let Item::NotStarted = *item {
+                            let sim =
+                                engine::Sim::new(shared, configs[p].clone(), &regions[r], r as u64);
+                            *item = Item::Running(Box::new((sim, traffic.reader(r))));
                         }
-                        let (p, r) = order[k];
-                        let mut item = items[k].lock().unwrap_or_else(|e| e.into_inner());
-                        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            if let Item::NotStarted = *item {
-                                let sim = engine::Sim::new(
-                                    shared,
-                                    configs[p].clone(),
-                                    &regions[r],
-                                    r as u64,
-                                );
-                                *item = Item::Running(Box::new((sim, traffic.reader(r))));
-                            }
-                            if let Item::Running(run) = &mut *item {
-                                let (sim, reader) = &mut **run;
-                                sim.advance(reader, until);
-                            }
-                        }));
-                        if ran.is_err() {
-                            *item = Item::Panicked;
+                        if let Item::Running(run) = &mut *item {
+                            let (sim, reader) = &mut **run;
+                            sim.advance(reader, until);
                         }
+                    }));
+                    if ran.is_err() {
+                        *item = Item::Panicked;
                     }
-                    // Every run reaches the window's end before any goes past it.
-                    if barrier.wait().is_leader() {
-                        let _ = tx.send((w + 1) as f64 / windows as f64);
-                    }
+                    drop(item);
+                    let share = Board::release(board, moved, k, ran.is_err(), windows);
+                    let _ = tx.send(share);
                 }
             });
         }
         drop(tx);
+        let mut shown = 0.0;
         for f in rx {
-            progress(f);
+            // Shares come from several threads: show only progress forward.
+            if f > shown {
+                shown = f;
+                progress(f);
+            }
         }
         stop_producing.store(true, Ordering::Release);
     });
