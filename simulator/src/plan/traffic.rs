@@ -384,6 +384,22 @@ mod tests {
     use crate::plan::{LinkConfig, DEFAULT_START};
     use lamplighter_town::Town;
 
+    /// A day of `town` from the default start, with seed `seed`.
+    fn one_day<'a>(town: &'a Town, profile: &'a DemandProfile, seed: u64) -> Shared<'a> {
+        Shared::new(
+            town,
+            profile,
+            DEFAULT_START.0,
+            1,
+            seed,
+            0,
+            10_000,
+            LinkConfig::default(),
+            FaultScenario::none(),
+            1.0,
+        )
+    }
+
     fn read_all(traffic: &Traffic) -> Vec<SensorRec> {
         let mut reader = traffic.reader(0);
         std::iter::from_fn(|| reader.next_rec()).collect()
@@ -393,18 +409,7 @@ mod tests {
     fn every_reader_gets_the_same_time_ordered_stream_and_chunks_are_freed() {
         let town = Town::procedural(400, 3, (52.2, 0.12));
         let profile = DemandProfile::builtin();
-        let sh = Shared::new(
-            &town,
-            &profile,
-            DEFAULT_START.0,
-            1,
-            7,
-            0,
-            10_000,
-            LinkConfig::default(),
-            FaultScenario::none(),
-            1.0,
-        );
+        let sh = one_day(&town, &profile, 7);
         let whole = regions::split(&town, 1);
         let traffic = Traffic::new(&sh, &whole, 2);
         let first = read_all(&traffic);
@@ -446,18 +451,7 @@ mod tests {
     fn a_trip_reaches_the_lamps_of_its_zone_one_after_another() {
         let town = Town::procedural(200, 5, (52.2, 0.12));
         let profile = DemandProfile::builtin();
-        let sh = Shared::new(
-            &town,
-            &profile,
-            DEFAULT_START.0,
-            1,
-            11,
-            0,
-            10_000,
-            LinkConfig::default(),
-            FaultScenario::none(),
-            1.0,
-        );
+        let sh = one_day(&town, &profile, 11);
         let mut g = Generator::new(&sh, &regions::split(&town, 1));
         // One vehicle from the first lamp of the longest zone to its end, at 10 m/s.
         let (z, zone) = town
