@@ -593,3 +593,72 @@ fn run_items(
 pub fn default_data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board(runs: usize) -> Mutex<Board> {
+        Mutex::new(Board {
+            windows_done: vec![0; runs],
+            busy: vec![false; runs],
+        })
+    }
+
+    #[test]
+    fn threads_take_the_least_advanced_free_run_and_stop_when_none_is_left() {
+        let (b, moved) = (board(3), Condvar::new());
+        let windows = 3;
+        // Two threads start the first two runs, in order.
+        assert_eq!(Board::claim(&b, &moved, windows), Some((0, 0)));
+        assert_eq!(Board::claim(&b, &moved, windows), Some((1, 0)));
+        // Run 0 done with its window: the least advanced free run is 2, not 0 again.
+        assert_eq!(Board::release(&b, &moved, 0, false, windows), 1.0 / 9.0);
+        assert_eq!(Board::claim(&b, &moved, windows), Some((2, 0)));
+        assert_eq!(Board::claim(&b, &moved, windows), Some((0, 1)));
+        // A run that panicked counts as done and is not handed out again.
+        Board::release(&b, &moved, 1, true, windows);
+        Board::release(&b, &moved, 2, false, windows);
+        Board::release(&b, &moved, 0, false, windows);
+        let mut order = Vec::new();
+        while let Some((k, w)) = Board::claim(&b, &moved, windows) {
+            order.push((k, w));
+            Board::release(&b, &moved, k, false, windows);
+        }
+        assert_eq!(order, vec![(2, 1), (0, 2), (2, 2)]);
+        let done = b.lock().unwrap().windows_done.clone();
+        assert_eq!(done, vec![3, 3, 3]);
+    }
+
+    #[test]
+    fn a_thread_with_only_busy_runs_left_stops_rather_than_waits() {
+        let (b, moved) = (board(2), Condvar::new());
+        assert_eq!(Board::claim(&b, &moved, 1), Some((0, 0)));
+        assert_eq!(Board::claim(&b, &moved, 1), Some((1, 0)));
+        // Both runs are being run by other threads: nothing for a third one.
+        assert_eq!(Board::claim(&b, &moved, 1), None);
+    }
+
+    #[test]
+    fn a_run_far_ahead_waits_for_the_slowest() {
+        let (b, moved) = (board(2), Condvar::new());
+        let windows = 20;
+        // Run 1 is slow: it holds its first window while run 0 goes ahead to the slack.
+        assert_eq!(Board::claim(&b, &moved, windows), Some((0, 0)));
+        assert_eq!(Board::claim(&b, &moved, windows), Some((1, 0)));
+        for w in 0..=WINDOW_SLACK {
+            Board::release(&b, &moved, 0, false, windows);
+            if w < WINDOW_SLACK {
+                assert_eq!(Board::claim(&b, &moved, windows), Some((0, w + 1)));
+            }
+        }
+        // Run 0 is WINDOW_SLACK + 1 windows ahead: a claim now waits until run 1 moves.
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| Board::claim(&b, &moved, windows));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "went ahead of the slack");
+            Board::release(&b, &moved, 1, false, windows);
+            assert_eq!(waiter.join().unwrap(), Some((1, 1)));
+        });
+    }
+}
