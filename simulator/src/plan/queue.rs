@@ -1,10 +1,11 @@
 //! The event queue of a planning run: items in time order, ties in the order they were
 //! pushed, exactly as one `BinaryHeap` of (time, sequence) would give them.
 //!
-//! A day of Cambridge is some 50 million events with up to a million waiting at once; one
-//! binary heap that size spends most of its time moving items through cache misses. Nearly
-//! every event lands within the next few minutes (a packet, the next lamp of a trip, a
-//! node's next wake-up), so the queue is a calendar: a ring of short buckets covering the
+//! A day of Cambridge under a policy that follows demand is some 25 million queued events
+//! (packets and wake-ups; road users come from their own stream, `traffic.rs`); one binary
+//! heap spends most of its time moving items through cache misses. Nearly every event lands
+//! within the next few minutes (a packet, a node's next wake-up), so the queue is a
+//! calendar: a ring of short buckets covering the
 //! near future, each an unsorted `Vec` until its turn comes, when it is sorted once and
 //! served from its end. Items pushed into the bucket being served wait in a small heap
 //! beside it; items beyond the ring wait in an overflow heap and move into the ring as it
