@@ -7,7 +7,7 @@
 //! merges that stream with its own event queue. Before, every policy generated the same
 //! trips again and walked each one lamp by lamp through its queue: a third of its events.
 //!
-//! The stream is cut into one-minute [`CHUNK_MS`] chunks. A trip is laid out whole when it
+//! The stream is cut into five-minute [`CHUNK_MS`] chunks. A trip is laid out whole when it
 //! starts (its speed is fixed, so the time it reaches each lamp is known), its records go
 //! to the chunks they fall in, and a chunk is sorted once when no trip still to start can
 //! reach it. Whichever run first needs a chunk makes it; a chunk is freed when every run
@@ -28,10 +28,11 @@ use super::regions::Region;
 
 /// Road users are generated in slots of this length.
 const SLOT_MS: u64 = 300_000;
-/// The stream is made and shared in chunks of this length.
-pub(crate) const CHUNK_MS: u64 = 60_000;
+/// The stream is made and shared in chunks of this length (a year of a town in 24 regions
+/// is then 2.5 million chunks to keep account of).
+pub(crate) const CHUNK_MS: u64 = 300_000;
 /// How many chunks a producer thread may run ahead of the slowest reader.
-const LOOKAHEAD_CHUNKS: usize = 30;
+const LOOKAHEAD_CHUNKS: usize = 6;
 
 /// A road user entering the sensor range of a lamp.
 #[derive(Debug, Clone, Copy, PartialEq)]
