@@ -280,7 +280,6 @@ struct Commanded {
 struct LampState {
     node: ProvisionedNode,
     last_report: Option<(UnixMs, StatusReport)>,
-    bubble_until: Option<UnixMs>,
     override_: Option<Override>,
     commanded: Option<Commanded>,
     /// Index of the lamp's zone in the core.
@@ -292,9 +291,17 @@ struct LampState {
     presence_total: u64,
     /// Dusk and dawn at the lamp.
     dark: sun::DarkSpell,
+}
+
+/// What every tick and every presence report reads of each lamp, kept apart from the rest
+/// of [`LampState`] in a dense array: a tick scans every lamp's `recheck_at`, and a bubble
+/// reads its lamps' `bubble_until`, without pulling whole lamp states through the cache.
+#[derive(Debug, Clone, Copy)]
+struct LampHot {
     /// Until then, a tick would decide this lamp as last time (nothing it was decided on
     /// changes with time before it); see [`ControllerCore::recheck_at`].
     recheck_at: UnixMs,
+    bubble_until: Option<UnixMs>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,9 +367,11 @@ pub struct ZoneView {
 pub struct ControllerCore {
     config: ControllerConfig,
     lamps: Vec<LampState>,
+    /// Index: as `lamps`.
+    hot: Vec<LampHot>,
     by_addr: HashMap<DevAddr, usize>,
     by_lamp: HashMap<LampId, usize>,
-    neighbours: Vec<Vec<usize>>,
+    neighbours: spatial::Adjacency,
     zones: Vec<ZoneState>,
     outbox: VecDeque<Outgoing>,
     events: VecDeque<Event>,
@@ -420,16 +429,23 @@ impl ControllerCore {
                 return Err(ProvisionError::DuplicateDevAddr(n.dev_addr));
             }
         }
-        let neighbours = spatial::neighbours(
+        let neighbours = spatial::Adjacency::new(spatial::neighbours(
             &nodes
                 .iter()
                 .map(|n| (n.tenant.clone(), n.lat, n.lon))
                 .collect::<Vec<_>>(),
             config.policy.bubble_radius_m,
             config.policy.bubble_neighbours,
-        );
+        ));
         let mut zones: Vec<ZoneState> = Vec::new();
         let mut zone_index: BTreeMap<(TenantId, ZoneId), usize> = BTreeMap::new();
+        let hot = vec![
+            LampHot {
+                recheck_at: UnixMs(0),
+                bubble_until: None,
+            };
+            nodes.len()
+        ];
         let lamps = nodes
             .into_iter()
             .enumerate()
@@ -444,7 +460,6 @@ impl ControllerCore {
                 LampState {
                     node,
                     last_report: None,
-                    bubble_until: None,
                     override_: None,
                     commanded: None,
                     zone,
@@ -452,13 +467,13 @@ impl ControllerCore {
                     energy_wh: 0.0,
                     presence_total: 0,
                     dark: sun::DarkSpell::default(),
-                    recheck_at: UnixMs(0),
                 }
             })
             .collect();
         Ok(ControllerCore {
             config,
             lamps,
+            hot,
             by_addr,
             by_lamp,
             neighbours,
@@ -483,9 +498,10 @@ impl ControllerCore {
     pub fn neighbours_of(&self, lamp: LampId) -> Vec<LampId> {
         self.lamp_index(lamp)
             .map(|i| {
-                self.neighbours[i]
+                self.neighbours
+                    .of(i)
                     .iter()
-                    .map(|&j| self.lamps[j].node.lamp)
+                    .map(|&j| self.lamps[j as usize].node.lamp)
                     .collect()
             })
             .unwrap_or_default()
@@ -624,15 +640,22 @@ impl ControllerCore {
         if report.presence.total() > 0 {
             let zone = self.lamps[i].zone;
             let until = now.plus_ms(policy::bubble_hold_ms(&self.config.policy, report.presence));
-            for k in 0..=self.neighbours[i].len() {
-                let j = if k == 0 { i } else { self.neighbours[i][k - 1] };
-                let l = &mut self.lamps[j];
+            for k in 0..=self.neighbours.of(i).len() {
+                let j = if k == 0 {
+                    i
+                } else {
+                    self.neighbours.of(i)[k - 1] as usize
+                };
+                let h = &mut self.hot[j];
                 // A lamp already in a bubble was decided in it, and nothing else it was
                 // decided on has changed before its recheck time (unless its zone's class
                 // just did): a longer bubble alone would decide it the same.
-                let in_bubble = l.bubble_until.is_some_and(|t| now < t);
-                l.bubble_until = Some(l.bubble_until.map_or(until, |t| t.max(until)));
-                if !in_bubble || l.recheck_at <= now || (class_changed && l.zone == zone) {
+                let in_bubble = h.bubble_until.is_some_and(|t| now < t);
+                h.bubble_until = Some(h.bubble_until.map_or(until, |t| t.max(until)));
+                if !in_bubble
+                    || h.recheck_at <= now
+                    || (class_changed && self.lamps[j].zone == zone)
+                {
                     self.decide_lamp(now, j);
                 }
             }
@@ -692,9 +715,9 @@ impl ControllerCore {
             .iter_mut()
             .map(|zone| zone.advance(now, &self.config.policy))
             .collect();
+        let any_changed = class_changed.contains(&true);
         for i in 0..self.lamps.len() {
-            let lamp = &self.lamps[i];
-            if lamp.recheck_at <= now || class_changed[lamp.zone] {
+            if self.hot[i].recheck_at <= now || (any_changed && class_changed[self.lamps[i].zone]) {
                 self.decide_lamp(now, i);
             }
         }
@@ -786,7 +809,7 @@ impl ControllerCore {
         let situation = LampSituation {
             now,
             dark: lamp.dark.is_dark(lamp.node.lat, lamp.node.lon, now),
-            bubble_until: lamp.bubble_until,
+            bubble_until: self.hot[i].bubble_until,
             override_: lamp.override_,
             class: self.zones[lamp.zone].class_in_force(now, zone_policy),
         };
@@ -805,7 +828,7 @@ impl ControllerCore {
         if changed || refresh_due {
             self.command(now, i, level_pct, reason);
         }
-        self.lamps[i].recheck_at = self.recheck_at(now, i, by_minute);
+        self.hot[i].recheck_at = self.recheck_at(now, i, by_minute);
     }
 
     /// The first instant at which deciding lamp `i` again may give another answer than now
@@ -821,7 +844,7 @@ impl ControllerCore {
                 at = at.min(t);
             }
         };
-        if let Some(t) = lamp.bubble_until {
+        if let Some(t) = self.hot[i].bubble_until {
             upto(t);
         }
         if let Some(o) = lamp.override_ {

@@ -47,6 +47,33 @@ pub fn neighbours(points: &[(TenantId, f64, f64)], radius_m: f64, k: usize) -> V
         .collect()
 }
 
+/// Neighbour lists packed end to end (compressed sparse rows): a lamp's list is one short
+/// slice of one array, not a heap allocation of its own.
+#[derive(Debug, Clone, Default)]
+pub struct Adjacency {
+    /// Lamp `i`'s neighbours are `ids[start[i]..start[i + 1]]`.
+    start: Vec<u32>,
+    ids: Vec<u32>,
+}
+
+impl Adjacency {
+    pub fn new(lists: Vec<Vec<usize>>) -> Self {
+        let mut start = Vec::with_capacity(lists.len() + 1);
+        let mut ids = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+        start.push(0);
+        for list in lists {
+            ids.extend(list.into_iter().map(|j| j as u32));
+            start.push(ids.len() as u32);
+        }
+        Adjacency { start, ids }
+    }
+
+    /// Lamp `i`'s neighbours, nearest first.
+    pub fn of(&self, i: usize) -> &[u32] {
+        &self.ids[self.start[i] as usize..self.start[i + 1] as usize]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +94,13 @@ mod tests {
         assert!(n[5].is_empty(), "other tenant's lamps are never neighbours");
         let n = neighbours(&pts, 70.0, 1);
         assert_eq!(n[2].len(), 1);
+    }
+
+    #[test]
+    fn adjacency_keeps_each_list_in_order() {
+        let a = Adjacency::new(vec![vec![2, 1], vec![], vec![0]]);
+        assert_eq!(a.of(0), &[2, 1]);
+        assert!(a.of(1).is_empty());
+        assert_eq!(a.of(2), &[0]);
     }
 }

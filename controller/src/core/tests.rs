@@ -774,13 +774,13 @@ mod properties {
                 now = now.plus_ms(dt);
                 drain(&mut c);
                 for i in 0..c.lamps.len() {
-                    if c.lamps[i].recheck_at > now {
+                    if c.hot[i].recheck_at > now {
                         c.decide_lamp(now, i);
                         let sent = drain(&mut c);
                         prop_assert!(
                             sent.is_empty(),
                             "{name}: lamp {i} passed over until {:?} at {now:?} but due {sent:?}",
-                            c.lamps[i].recheck_at
+                            c.hot[i].recheck_at
                         );
                     }
                 }
