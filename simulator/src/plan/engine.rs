@@ -451,8 +451,11 @@ fn dev_addr(i: usize) -> DevAddr {
 #[derive(Debug, Clone, Copy)]
 struct Passage {
     t: u64,
-    zone: u32,
+    /// The level its class required then (for a judged passage).
+    required_pct: f32,
     who: RoadUser,
+    /// Whether it counts towards exposure (see [`SensorRec::judged`]).
+    judged: bool,
 }
 
 enum Ev {
@@ -1262,10 +1265,16 @@ impl<'s, 'a> Sim<'s, 'a> {
             if zone == self.sh.quiet_zone {
                 self.zone_passages[1][sample] += 1;
             }
+            let required_pct = if rec.judged() {
+                self.sh.zones[zone as usize].required_pct[rec.class_drop()]
+            } else {
+                0.0
+            };
             self.nodes[i].passages.push(Passage {
                 t: t_pass,
-                zone,
+                required_pct,
                 who: rec.who(),
+                judged: rec.judged(),
             });
         }
     }
@@ -1289,12 +1298,12 @@ impl<'s, 'a> Sim<'s, 'a> {
 
     fn judge(&mut self, i: usize, p: &Passage) {
         let now = p.t;
-        if !self.sh.judged(now) {
+        if !p.judged {
             return;
         }
         let who = user_index(p.who);
         self.judged_by_user[who] += 1;
-        let required = self.sh.required_pct(p.zone as usize, now);
+        let required = p.required_pct;
         let nn = self.sh.node_now(self.lamp(i), now);
         let n = &self.nodes[i];
         let (level, target) = if n.alive {

@@ -42,11 +42,16 @@ pub(crate) struct SensorRec {
     /// From entering the sensor range to passing the column.
     pub pass_in_ms: u16,
     /// The road user's kind (index into [`USERS`]) in the low bits; [`DETECTED`] set when
-    /// the sensor sees it.
+    /// the sensor sees it; [`JUDGED`] when its passage counts towards exposure, with the
+    /// classes below design its zone's demand allows then (see [`Shared::class_drop`]) in
+    /// the bits of [`CLASS_DROP`]. What a passage required does not depend on the policy,
+    /// so it is worked out here, once for all the runs.
     flags: u8,
 }
 
 const DETECTED: u8 = 0x80;
+const JUDGED: u8 = 0x40;
+const CLASS_DROP: u8 = 0x0C;
 
 impl SensorRec {
     pub fn who(&self) -> RoadUser {
@@ -55,6 +60,16 @@ impl SensorRec {
 
     pub fn detected(&self) -> bool {
         self.flags & DETECTED != 0
+    }
+
+    /// Whether the passage is judged: before the run's end, dark and away from twilight.
+    pub fn judged(&self) -> bool {
+        self.flags & JUDGED != 0
+    }
+
+    /// For a judged passage, the classes below design the demand allowed when it passed.
+    pub fn class_drop(&self) -> usize {
+        ((self.flags & CLASS_DROP) >> 2) as usize
     }
 }
 
@@ -192,13 +207,21 @@ impl Generator {
             let lamp = lamps[pos as usize].0;
             let seen = unit((trip as u64).wrapping_mul(0x1_0000_0001) ^ lamp as u64 ^ sh.seed)
                 < DETECTION_P;
+            let pass_in_ms = (t_pass - in_range) as u16;
+            let passes_at = in_range + pass_in_ms as u64;
+            let judged = if passes_at < sh.end && sh.judged(passes_at) {
+                let zone = sh.lamp_zone[lamp as usize] as usize;
+                JUDGED | (sh.class_drop(zone, passes_at) as u8) << 2
+            } else {
+                0
+            };
             self.put(
                 sh,
                 SensorRec {
                     t: in_range,
                     lamp,
-                    pass_in_ms: (t_pass - in_range) as u16,
-                    flags: who | if seen { DETECTED } else { 0 },
+                    pass_in_ms,
+                    flags: who | if seen { DETECTED } else { 0 } | judged,
                 },
             );
             let next = pos as i64 + dir as i64;
