@@ -120,6 +120,13 @@ impl<T> EventQueue<T> {
         })
     }
 
+    /// An item `d` places after the next in the bucket being served, if it is there and no
+    /// late item may come before it (for prefetching; not always what pops `d` later).
+    pub fn ahead(&self, d: usize) -> Option<&T> {
+        let k = self.current.len().checked_sub(1 + d)?;
+        Some(&self.current[k].item)
+    }
+
     /// Turns the ring until the earliest item is in `current` or `late`, and says which
     /// (None: the queue is empty).
     fn next_is_late(&mut self) -> Option<bool> {

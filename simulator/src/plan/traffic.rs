@@ -368,6 +368,11 @@ impl Reader<'_, '_> {
         }
     }
 
+    /// The record `d` after the next, if it is in the chunk being read (for prefetching).
+    pub fn ahead(&self, d: usize) -> Option<&SensorRec> {
+        self.chunk.as_ref()?.get(self.pos + d)
+    }
+
     /// The next record (after [`Reader::peek_t`] said there is one).
     pub fn next_rec(&mut self) -> Option<SensorRec> {
         self.peek_t()?;
