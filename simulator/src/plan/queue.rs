@@ -124,8 +124,9 @@ impl<T> EventQueue<T> {
         })
     }
 
-    /// An item `d` places after the next in the bucket being served, if it is there and no
-    /// late item may come before it (for prefetching; not always what pops `d` later).
+    /// The item `d` places after the next among the sorted items of the bucket being served
+    /// (the late heap is not looked at): a guess for prefetching, not always what pops `d`
+    /// items later.
     pub fn ahead(&self, d: usize) -> Option<&T> {
         let k = self.current.len().checked_sub(1 + d)?;
         Some(&self.current[k].item)
