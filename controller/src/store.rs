@@ -18,7 +18,7 @@ use lamplighter_protocol::lorawan::{AesKey, SessionKeys};
 use lamplighter_protocol::{DevAddr, DevEui, LampId, TenantId, ZoneId};
 use rand::distributions::Alphanumeric;
 use rand::{Rng, RngCore};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::core::{Event, ProvisionedNode};
 use crate::faults::FaultEvent;
@@ -277,8 +277,20 @@ impl Store {
         };
         let conn = Connection::open(&path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
+        // Switching a new file to WAL takes a lock that SQLite does not wait for (no busy
+        // handler): when another process is opening the same new store, try again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.map_err(sql)?,
+            }
+        }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql)?;
         let mut store = Store {
@@ -305,24 +317,30 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(self.sql())?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path: self.path.clone(),
-                found: version,
-            });
-        }
         let path = self.path.clone();
+        // The version is read inside a write transaction: two processes opening a new store
+        // at once (the demo and an installer's `nodes export`) would otherwise both read 0
+        // and both create the tables. The second waits for the first (busy timeout) and
+        // finds the schema made.
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|source| StoreError::Sqlite {
                 path: path.clone(),
                 source,
             })?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|source| StoreError::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path,
+                found: version,
+            });
+        }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.execute_batch(m)
                 .and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64))
@@ -989,6 +1007,30 @@ mod tests {
             lat: 51.45,
             lon: -2.59 + i as f64 * 0.0004,
             rated_power_w: 40.0,
+        }
+    }
+
+    /// The demo creating its store while an installer's `nodes export` opens the same new
+    /// file: both must open it, whichever creates the tables.
+    #[test]
+    fn two_processes_opening_a_new_store_at_once_both_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let start = std::sync::Barrier::new(2);
+            let opened: Vec<Result<(), String>> = std::thread::scope(|s| {
+                let open = || {
+                    start.wait();
+                    Store::open(dir.path())
+                        .and_then(|store| store.nodes().map(|_| ()))
+                        .map_err(|e| e.to_string())
+                };
+                let a = s.spawn(open);
+                let b = s.spawn(open);
+                vec![a.join().unwrap(), b.join().unwrap()]
+            });
+            for r in opened {
+                assert_eq!(r, Ok(()));
+            }
         }
     }
 
