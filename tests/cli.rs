@@ -13,7 +13,7 @@ fn lamplighter() -> Command {
 #[test]
 fn demo_runs_a_town_and_nodes_export_works_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = lamplighter()
+    let mut demo = lamplighter()
         .args([
             "demo",
             "--lamps",
@@ -43,10 +43,17 @@ fn demo_runs_a_town_and_nodes_export_works_while_it_runs() {
         if out.status.success() && text.lines().count() == 61 {
             break text;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "export never saw 60 nodes: {text}"
-        );
+        let demo_ended = demo.try_wait().unwrap().is_some();
+        if demo_ended || start.elapsed() > Duration::from_secs(60) {
+            let _ = demo.kill();
+            let demo_out = demo.wait_with_output().unwrap();
+            panic!(
+                "export never saw 60 nodes (demo ended by itself: {demo_ended}): {text}{}\n\
+                 demo's stderr: {}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&demo_out.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     };
     let header = csv.lines().next().unwrap();
