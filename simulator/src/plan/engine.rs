@@ -451,11 +451,10 @@ fn dev_addr(i: usize) -> DevAddr {
 #[derive(Debug, Clone, Copy)]
 struct Passage {
     t: u64,
-    /// The level its class required then (for a judged passage).
-    required_pct: f32,
+    /// The level its class required then; `None` for a passage that does not count towards
+    /// exposure (see [`SensorRec::judged`]).
+    required_pct: Option<f32>,
     who: RoadUser,
-    /// Whether it counts towards exposure (see [`SensorRec::judged`]).
-    judged: bool,
 }
 
 enum Ev {
@@ -1302,16 +1301,13 @@ impl<'s, 'a> Sim<'s, 'a> {
             if zone == self.sh.quiet_zone {
                 self.zone_passages[1][sample] += 1;
             }
-            let required_pct = if rec.judged() {
-                self.sh.zones[zone as usize].required_pct[rec.class_drop()]
-            } else {
-                0.0
-            };
+            let required_pct = rec
+                .judged()
+                .then(|| self.sh.zones[zone as usize].required_pct[rec.class_drop()]);
             self.nodes[i].passages.push(Passage {
                 t: t_pass,
                 required_pct,
                 who: rec.who(),
-                judged: rec.judged(),
             });
         }
     }
@@ -1335,12 +1331,11 @@ impl<'s, 'a> Sim<'s, 'a> {
 
     fn judge(&mut self, i: usize, p: &Passage) {
         let now = p.t;
-        if !p.judged {
+        let Some(required) = p.required_pct else {
             return;
-        }
+        };
         let who = user_index(p.who);
         self.judged_by_user[who] += 1;
-        let required = p.required_pct;
         let nn = self.sh.node_now(self.lamp(i), now);
         let n = &self.nodes[i];
         let (level, target) = if n.alive {
