@@ -277,20 +277,7 @@ impl Store {
         };
         let conn = Connection::open(&path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-        // Switching a new file to WAL takes a lock that SQLite does not wait for (no busy
-        // handler): when another process is opening the same new store, try again.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match conn.pragma_update(None, "journal_mode", "WAL") {
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::DatabaseBusy
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                r => break r.map_err(sql)?,
-            }
-        }
+        use_wal(&conn, Duration::from_secs(10)).map_err(sql)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql)?;
         let mut store = Store {
@@ -318,6 +305,10 @@ impl Store {
 
     fn migrate(&mut self) -> Result<(), StoreError> {
         let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         // The version is read inside a write transaction: two processes opening a new store
         // at once (the demo and an installer's `nodes export`) would otherwise both read 0
         // and both create the tables. The second waits for the first (busy timeout) and
@@ -325,32 +316,22 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|source| StoreError::Sqlite {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(sql)?;
         let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|source| StoreError::Sqlite {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(sql)?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
-                path,
+                path: path.clone(),
                 found: version,
             });
         }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.execute_batch(m)
                 .and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64))
-                .map_err(|source| StoreError::Sqlite {
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(sql)?;
         }
-        tx.commit()
-            .map_err(|source| StoreError::Sqlite { path, source })
+        tx.commit().map_err(sql)
     }
 
     /// Provisions lamps that are not yet known, each with fresh session keys, a DevAddr and
@@ -992,6 +973,24 @@ impl StoreThread {
     /// The InfluxDB sink's counters, if it runs.
     pub fn influx_metrics(&self) -> Option<std::sync::Arc<crate::influx::SinkMetrics>> {
         self.1.as_ref().map(|s| s.metrics.clone())
+    }
+}
+
+/// Puts `conn`'s file in WAL mode. Switching a new file takes a lock SQLite does not wait
+/// for (the busy handler is not called), so while another process is opening the same new
+/// file this is tried again, up to `wait`.
+fn use_wal(conn: &Connection, wait: Duration) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
     }
 }
 
