@@ -1,13 +1,13 @@
 //! The per-series online forecaster. See the crate documentation for the model.
 
 use crate::rls::RlsBank;
-use ndarray::{Array1, Array2, ArrayView1};
+use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
 const DAY_S: i64 = 86_400;
 const WEEK_S: i64 = 7 * DAY_S;
 /// Number of residual features: r(t) - level, r(t) - r(t-1), r(t-1) - r(t-2), level.
-const K: usize = 4;
+pub(crate) const K: usize = 4;
 /// Index of the level in the feature vector.
 const LEVEL: usize = 3;
 /// Largest residual (in log space) the short-term model may add or remove.
@@ -293,7 +293,7 @@ impl Forecaster {
         let hi = (h as usize).min(self.horizons) - 1;
         let target = last + h;
         let x = self.features();
-        let zhat = self.base(target) + self.adjust(hi, x.view());
+        let zhat = self.base(target) + self.adjust(hi, &x);
         let s = self.scale_at(target);
         // Beyond the modelled horizons the spread keeps growing like sqrt(h).
         let widen = if (h as usize) > self.horizons {
@@ -319,14 +319,14 @@ impl Forecaster {
         (z.min(700.0).exp() - self.config.log_offset).max(0.0)
     }
 
-    fn features(&self) -> Array1<f64> {
+    fn features(&self) -> [f64; K] {
         let [r0, r1, r2] = self.lags;
-        Array1::from(vec![r0 - self.level, r0 - r1, r1 - r2, self.level])
+        [r0 - self.level, r0 - r1, r1 - r2, self.level]
     }
 
     /// Predicted residual (log space) `hi + 1` steps after the origin whose
     /// features are `x`: the level persists, the regression adds the rest.
-    fn adjust(&self, hi: usize, x: ArrayView1<f64>) -> f64 {
+    fn adjust(&self, hi: usize, x: &[f64; K]) -> f64 {
         (x[LEVEL] + self.rls.predict(hi, x)).clamp(-MAX_ADJUST, MAX_ADJUST)
     }
 
@@ -408,17 +408,16 @@ impl Forecaster {
                     }
                     let origin = (slot - h as i64).rem_euclid(hn) as usize;
                     if self.feats_valid[origin] {
-                        let x = self.feats.row(origin);
+                        let x: [f64; K] = std::array::from_fn(|k| self.feats[[origin, k]]);
                         // The regression explains what the persisting level does not.
                         let r = r - x[LEVEL];
-                        let pred = self.rls.predict(h - 1, x);
+                        let pred = self.rls.predict(h - 1, &x);
                         let target = if warm {
                             r.clamp(pred - clip, pred + clip)
                         } else {
                             r
                         };
-                        let x = x.to_owned();
-                        self.rls.update(h - 1, x.view(), target, 1.0 / (s * s));
+                        self.rls.update(h - 1, &x, target, 1.0 / (s * s));
                     }
                 }
                 let p1 = self.preds[[row, 0]];
@@ -475,12 +474,14 @@ impl Forecaster {
         };
         self.lags = [r_now, self.lags[0], self.lags[1]];
         let x = self.features();
-        self.feats.row_mut(row).assign(&x);
+        for (f, v) in self.feats.row_mut(row).iter_mut().zip(x) {
+            *f = v;
+        }
         self.feats_valid[row] = true;
         self.preds.row_mut(row).fill(NO_PRED);
         for h in 1..=self.horizons {
             let target = slot + h as i64;
-            let adj = self.adjust(h - 1, x.view());
+            let adj = self.adjust(h - 1, &x);
             let trow = target.rem_euclid(hn) as usize;
             self.preds[[trow, h - 1]] = (self.base(target) + adj) as f32;
         }

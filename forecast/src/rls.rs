@@ -1,8 +1,10 @@
 //! Weighted recursive least squares with exponential forgetting, one small
 //! linear model per forecast horizon, stored in ndarray arrays.
 
-use ndarray::{Array1, Array2, Array3, ArrayView1};
+use ndarray::{Array2, Array3, Axis};
 use serde::{Deserialize, Serialize};
+
+use crate::model::K;
 
 /// A bank of `horizons` independent RLS models sharing the same feature
 /// dimension `k`. Model `h` predicts the residual `h + 1` steps ahead.
@@ -32,11 +34,14 @@ impl RlsBank {
         p0: f64,
         leak: f64,
     ) -> Self {
-        let k = beta0.ncols();
-        debug_assert_eq!(beta0.nrows(), horizons);
-        let mut p = Array3::zeros((horizons, k, k));
+        assert_eq!(
+            beta0.dim(),
+            (horizons, K),
+            "one row of K coefficients per horizon"
+        );
+        let mut p = Array3::zeros((horizons, K, K));
         for h in 0..horizons {
-            for i in 0..k {
+            for i in 0..K {
                 p[[h, i, i]] = p0;
             }
         }
@@ -50,55 +55,66 @@ impl RlsBank {
         }
     }
 
-    pub(crate) fn k(&self) -> usize {
-        self.beta.ncols()
-    }
-
-    pub(crate) fn predict(&self, h: usize, x: ArrayView1<f64>) -> f64 {
-        self.beta.row(h).dot(&x)
+    pub(crate) fn predict(&self, h: usize, x: &[f64; K]) -> f64 {
+        dot(row(&self.beta, h), x)
     }
 
     /// One weighted RLS step for model `h` with features `x`, target `y`, weight `w`.
-    pub(crate) fn update(&mut self, h: usize, x: ArrayView1<f64>, y: f64, w: f64) {
+    ///
+    /// Worked in fixed-size arrays on the stack: a forecaster runs this for every horizon of
+    /// every zone's series each interval, and ndarray's owned temporaries were an allocation
+    /// each. The sums run in the order ndarray's `dot` gives them, so the results are the same
+    /// to the bit.
+    pub(crate) fn update(&mut self, h: usize, x: &[f64; K], y: f64, w: f64) {
         if !(y.is_finite() && w.is_finite() && w > 0.0) || x.iter().any(|v| !v.is_finite()) {
             return;
         }
-        let k = self.k();
-        let mut p = self.p.index_axis_mut(ndarray::Axis(0), h);
-        let px: Array1<f64> = p.dot(&x);
-        let denom = self.lambda + w * x.dot(&px);
+        let lambda = self.lambda;
+        let p = self
+            .p
+            .index_axis_mut(Axis(0), h)
+            .into_slice()
+            .expect("P is stored contiguous");
+        let p: &mut [f64; K * K] = p.try_into().expect("P is K x K");
+        let px: [f64; K] = std::array::from_fn(|i| {
+            let p_row = std::array::from_fn(|j| p[i * K + j]);
+            dot(&p_row, x)
+        });
+        let denom = lambda + w * dot(x, &px);
         if denom <= 1e-12 || !denom.is_finite() {
             return;
         }
-        let gain = &px * (w / denom);
-        let err = y - self.beta.row(h).dot(&x);
-        {
-            let mut b = self.beta.row_mut(h);
-            b.scaled_add(err, &gain);
-            let prior = self.prior.row(h);
-            b.zip_mut_with(&prior, |b, p| *b += self.leak * (p - *b));
+        let gain = px.map(|v| v * (w / denom));
+        let err = y - dot(row(&self.beta, h), x);
+        let prior = *row(&self.prior, h);
+        let b = row_mut(&mut self.beta, h);
+        for i in 0..K {
+            b[i] += err * gain[i];
+        }
+        for i in 0..K {
+            b[i] += self.leak * (prior[i] - b[i]);
         }
         // P = (P - gain * px^T) / lambda, kept symmetric and bounded.
-        for i in 0..k {
-            for j in 0..k {
-                p[[i, j]] = (p[[i, j]] - gain[i] * px[j]) / self.lambda;
+        for i in 0..K {
+            for j in 0..K {
+                p[i * K + j] = (p[i * K + j] - gain[i] * px[j]) / lambda;
             }
         }
-        for i in 0..k {
-            for j in (i + 1)..k {
-                let m = 0.5 * (p[[i, j]] + p[[j, i]]);
-                p[[i, j]] = m;
-                p[[j, i]] = m;
+        for i in 0..K {
+            for j in (i + 1)..K {
+                let m = 0.5 * (p[i * K + j] + p[j * K + i]);
+                p[i * K + j] = m;
+                p[j * K + i] = m;
             }
         }
-        let max_diag = (0..k).map(|i| p[[i, i]]).fold(0.0f64, f64::max);
+        let max_diag = (0..K).map(|i| p[i * K + i]).fold(0.0f64, f64::max);
         if max_diag > self.p0 {
-            p.mapv_inplace(|v| v * (self.p0 / max_diag));
+            p.iter_mut().for_each(|v| *v *= self.p0 / max_diag);
         }
         if p.iter().any(|v| !v.is_finite()) {
             p.fill(0.0);
-            for i in 0..k {
-                p[[i, i]] = self.p0;
+            for i in 0..K {
+                p[i * K + i] = self.p0;
             }
         }
     }
@@ -108,28 +124,50 @@ impl RlsBank {
     }
 }
 
+/// `sum x[i] * y[i]` from zero in index order, as ndarray's `dot` sums fewer than eight terms.
+fn dot(x: &[f64; K], y: &[f64; K]) -> f64 {
+    let mut sum = 0.0;
+    for i in 0..K {
+        sum += x[i] * y[i];
+    }
+    sum
+}
+
+fn row(a: &Array2<f64>, h: usize) -> &[f64; K] {
+    a.row(h)
+        .to_slice()
+        .and_then(|r| r.try_into().ok())
+        .expect("rows are stored contiguous, K long")
+}
+
+fn row_mut(a: &mut Array2<f64>, h: usize) -> &mut [f64; K] {
+    a.row_mut(h)
+        .into_slice()
+        .and_then(|r| r.try_into().ok())
+        .expect("rows are stored contiguous, K long")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::{array, Array2};
+    use ndarray::Array2;
 
     #[test]
     fn recovers_linear_coefficients() {
-        let mut bank = RlsBank::new(1, Array2::zeros((1, 2)), 0.999, 10.0, 0.0);
+        let mut bank = RlsBank::new(1, Array2::zeros((1, K)), 0.999, 10.0, 0.0);
+        let truth = [0.7, -0.3, 0.2, -0.1];
         let mut s = 1u64;
         for _ in 0..2000 {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let a = ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5;
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let b = ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5;
-            let x = array![a, b];
-            bank.update(0, x.view(), 0.7 * a - 0.3 * b, 1.0);
+            let x: [f64; K] = std::array::from_fn(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+            });
+            bank.update(0, &x, dot(&truth, &x), 1.0);
         }
-        assert!((bank.beta[[0, 0]] - 0.7).abs() < 1e-3, "{:?}", bank.beta);
-        assert!((bank.beta[[0, 1]] + 0.3).abs() < 1e-3, "{:?}", bank.beta);
+        for (k, want) in truth.iter().enumerate() {
+            assert!((bank.beta[[0, k]] - want).abs() < 1e-3, "{:?}", bank.beta);
+        }
     }
 }
