@@ -943,12 +943,14 @@ impl<'s, 'a> Sim<'s, 'a> {
     }
 
     fn drain_controller(&mut self, now: u64) {
-        // Out of `self` while its commands go, and back at the end.
-        let Some(mut c) = self.ctrl.take() else {
+        // Polled through `self.ctrl` one at a time rather than taken out of `self` for the
+        // loop: the core is a large struct, and moving it out and back cost two copies of it
+        // per uplink.
+        let Some(c) = self.ctrl.as_mut() else {
             return;
         };
         while c.poll_event().is_some() {}
-        while let Some(o) = c.poll_command() {
+        while let Some(o) = self.ctrl.as_mut().and_then(ControllerCore::poll_command) {
             let i = o.lamp.0 as usize;
             self.last_cmd[i] = Some(o.level_pct);
             self.out.downlinks_sent += 1;
@@ -968,7 +970,6 @@ impl<'s, 'a> Sim<'s, 'a> {
                 None => {}
             }
         }
-        self.ctrl = Some(c);
     }
 
     /// When a packet sent now arrives, or None if it is lost.
