@@ -70,10 +70,7 @@ impl GatewayRegistry {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        let conn = lamplighter_sqlite::open_shared(&path, std::time::Duration::from_secs(5))
             .map_err(sql)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS gateways (
@@ -308,6 +305,30 @@ impl GatewayRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two processes (the server and an operator's `gateways add`) creating the registry
+    /// at once: both must open it.
+    #[test]
+    fn two_processes_opening_a_new_registry_at_once_both_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let start = std::sync::Barrier::new(2);
+            let opened: Vec<Result<(), String>> = std::thread::scope(|s| {
+                let open = || {
+                    start.wait();
+                    GatewayRegistry::open(dir.path())
+                        .and_then(|reg| reg.all().map(|_| ()))
+                        .map_err(|e| e.to_string())
+                };
+                let a = s.spawn(open);
+                let b = s.spawn(open);
+                vec![a.join().unwrap(), b.join().unwrap()]
+            });
+            for r in opened {
+                assert_eq!(r, Ok(()));
+            }
+        }
+    }
 
     #[test]
     fn add_list_remove() {

@@ -275,9 +275,7 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(sql)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-        use_wal(&conn, Duration::from_secs(10)).map_err(sql)?;
+        let conn = lamplighter_sqlite::open_shared(&path, Duration::from_secs(10)).map_err(sql)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql)?;
         let mut store = Store {
@@ -973,24 +971,6 @@ impl StoreThread {
     /// The InfluxDB sink's counters, if it runs.
     pub fn influx_metrics(&self) -> Option<std::sync::Arc<crate::influx::SinkMetrics>> {
         self.1.as_ref().map(|s| s.metrics.clone())
-    }
-}
-
-/// Puts `conn`'s file in WAL mode. Switching a new file takes a lock SQLite does not wait
-/// for (the busy handler is not called), so while another process is opening the same new
-/// file this is tried again, up to `wait`.
-fn use_wal(conn: &Connection, wait: Duration) -> rusqlite::Result<()> {
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        match conn.pragma_update(None, "journal_mode", "WAL") {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return r,
-        }
     }
 }
 

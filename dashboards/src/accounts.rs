@@ -315,10 +315,7 @@ impl Accounts {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(sql)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
+        let conn = lamplighter_sqlite::open_shared(&path, Duration::from_secs(10)).map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql)?;
         let version: i64 = conn
@@ -951,6 +948,30 @@ mod tests {
 
     fn now() -> i64 {
         1_700_000_000_000
+    }
+
+    /// The server and an operator's `users add` creating the accounts file at once: both
+    /// must open it, whichever switches it to WAL and creates the tables.
+    #[test]
+    fn two_processes_opening_new_accounts_at_once_both_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let start = std::sync::Barrier::new(2);
+            let opened: Vec<Result<(), String>> = std::thread::scope(|s| {
+                let open = || {
+                    start.wait();
+                    Accounts::open(dir.path())
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                };
+                let a = s.spawn(open);
+                let b = s.spawn(open);
+                vec![a.join().unwrap(), b.join().unwrap()]
+            });
+            for r in opened {
+                assert_eq!(r, Ok(()));
+            }
+        }
     }
 
     #[test]
