@@ -310,24 +310,9 @@ mod tests {
     /// at once: both must open it.
     #[test]
     fn two_processes_opening_a_new_registry_at_once_both_succeed() {
-        for _ in 0..20 {
-            let dir = tempfile::tempdir().unwrap();
-            let start = std::sync::Barrier::new(2);
-            let opened: Vec<Result<(), String>> = std::thread::scope(|s| {
-                let open = || {
-                    start.wait();
-                    GatewayRegistry::open(dir.path())
-                        .and_then(|reg| reg.all().map(|_| ()))
-                        .map_err(|e| e.to_string())
-                };
-                let a = s.spawn(open);
-                let b = s.spawn(open);
-                vec![a.join().unwrap(), b.join().unwrap()]
-            });
-            for r in opened {
-                assert_eq!(r, Ok(()));
-            }
-        }
+        lamplighter_sqlite::testing::assert_both_open_a_new_folder_at_once(|dir| {
+            GatewayRegistry::open(dir).and_then(|reg| reg.all().map(|_| ()))
+        });
     }
 
     #[test]

@@ -37,6 +37,36 @@ pub fn open_shared(path: &Path, wait: Duration) -> rusqlite::Result<Connection> 
     }
 }
 
+/// Test support for the crates whose files open through [`open_shared`].
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use std::fmt::Display;
+    use std::path::Path;
+
+    /// Twenty times, opens a new, empty data folder from two threads at the same moment, as
+    /// the server and an operator's command do, and panics unless both opened it each time.
+    pub fn assert_both_open_a_new_folder_at_once<E: Display>(
+        open: impl Fn(&Path) -> Result<(), E> + Sync,
+    ) {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().expect("a temporary folder");
+            let start = std::sync::Barrier::new(2);
+            let opened: Vec<Result<(), String>> = std::thread::scope(|s| {
+                let open = || {
+                    start.wait();
+                    open(dir.path()).map_err(|e| e.to_string())
+                };
+                let a = s.spawn(open);
+                let b = s.spawn(open);
+                [a, b]
+                    .map(|t| t.join().expect("an opening thread panicked"))
+                    .into()
+            });
+            assert_eq!(opened, [Ok(()), Ok(())], "round {round}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,23 +80,14 @@ mod tests {
     /// Without the retry, one of them gets "database is locked" in most rounds.
     #[test]
     fn two_connections_opening_a_new_file_at_once_both_get_it_in_wal_mode() {
-        for _ in 0..20 {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("shared.sqlite");
-            let start = std::sync::Barrier::new(2);
-            let modes: Vec<Result<String, String>> = std::thread::scope(|s| {
-                let open = || {
-                    start.wait();
-                    open_shared(&path, Duration::from_secs(10))
-                        .map(|conn| journal_mode(&conn))
-                        .map_err(|e| e.to_string())
-                };
-                let a = s.spawn(open);
-                let b = s.spawn(open);
-                vec![a.join().unwrap(), b.join().unwrap()]
-            });
-            assert_eq!(modes, vec![Ok("wal".to_string()), Ok("wal".to_string())]);
-        }
+        testing::assert_both_open_a_new_folder_at_once(|dir| {
+            let conn = open_shared(&dir.join("shared.sqlite"), Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            match journal_mode(&conn).as_str() {
+                "wal" => Ok(()),
+                other => Err(format!("journal mode {other}")),
+            }
+        });
     }
 
     /// A file another connection holds a write lock on: the switch waits no longer than
