@@ -205,7 +205,8 @@ impl Sink {
         })
     }
 
-    /// Stops after the request in flight (what is still spooled is sent on the next start).
+    /// Stops once the spool is sent, or after [`STOP_DRAIN`] or the first failed request,
+    /// whichever comes first (what is still spooled then is sent on the next start).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -219,6 +220,11 @@ impl Drop for Sink {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// How long a stopping sink keeps sending what is spooled while the server answers: the
+/// store writes its last batch at shutdown, and its points should not wait for the next
+/// start when the server is there to take them.
+pub const STOP_DRAIN: Duration = Duration::from_secs(10);
 
 fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<SinkMetrics>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -268,7 +274,15 @@ fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<Si
     };
     let mut backoff = Duration::from_millis(500);
     let mut outage_since: Option<Instant> = None;
-    while !stop.load(Ordering::Relaxed) {
+    // Set once a stop is asked for: the spool is drained until then.
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            let until = *drain_until.get_or_insert_with(|| Instant::now() + STOP_DRAIN);
+            if Instant::now() >= until {
+                break;
+            }
+        }
         let batch: rusqlite::Result<Vec<(i64, String)>> = (|| {
             let mut stmt =
                 conn.prepare_cached("SELECT id, line FROM influx_spool ORDER BY id LIMIT ?1")?;
@@ -280,12 +294,18 @@ fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<Si
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "influx sink: cannot read the spool; retrying");
+                if drain_until.is_some() {
+                    break;
+                }
                 sleep(Duration::from_secs(1));
                 continue;
             }
         };
         if batch.is_empty() {
             metrics.spooled.store(0, Ordering::Relaxed);
+            if drain_until.is_some() {
+                break;
+            }
             sleep(Duration::from_millis(250));
             continue;
         }
@@ -301,9 +321,12 @@ fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<Si
             body.push_str(line);
             body.push('\n');
         }
+        let timeout = drain_until.map_or(REQUEST_TIMEOUT, |until| {
+            until.saturating_duration_since(Instant::now())
+        });
         let result = rt.block_on(async {
             tokio::time::timeout(
-                Duration::from_secs(30),
+                timeout,
                 client.write_line_protocol(&config.org, &config.bucket, body),
             )
             .await
@@ -335,17 +358,30 @@ fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<Si
             }
             Ok(Err(e)) => {
                 fail(&metrics, &mut outage_since, &e.to_string());
+                if drain_until.is_some() {
+                    break;
+                }
                 sleep(backoff + jitter(backoff));
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(_) => {
-                fail(&metrics, &mut outage_since, "request timed out after 30 s");
+                fail(
+                    &metrics,
+                    &mut outage_since,
+                    &format!("request timed out after {} s", timeout.as_secs_f64()),
+                );
+                if drain_until.is_some() {
+                    break;
+                }
                 sleep(backoff + jitter(backoff));
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
 }
+
+/// How long one write may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::thread_rng().gen_range(0.0..0.25))
