@@ -1,6 +1,6 @@
 //! The per-series online forecaster. See the crate documentation for the model.
 
-use crate::rls::RlsBank;
+use crate::rls::{self, RlsBank};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
@@ -408,7 +408,7 @@ impl Forecaster {
                     }
                     let origin = (slot - h as i64).rem_euclid(hn) as usize;
                     if self.feats_valid[origin] {
-                        let x: [f64; K] = std::array::from_fn(|k| self.feats[[origin, k]]);
+                        let x = *rls::row(&self.feats, origin);
                         // The regression explains what the persisting level does not.
                         let r = r - x[LEVEL];
                         let pred = self.rls.predict(h - 1, &x);
@@ -474,9 +474,7 @@ impl Forecaster {
         };
         self.lags = [r_now, self.lags[0], self.lags[1]];
         let x = self.features();
-        for (f, v) in self.feats.row_mut(row).iter_mut().zip(x) {
-            *f = v;
-        }
+        *rls::row_mut(&mut self.feats, row) = x;
         self.feats_valid[row] = true;
         self.preds.row_mut(row).fill(NO_PRED);
         for h in 1..=self.horizons {

@@ -133,14 +133,15 @@ fn dot(x: &[f64; K], y: &[f64; K]) -> f64 {
     sum
 }
 
-fn row(a: &Array2<f64>, h: usize) -> &[f64; K] {
+/// Row `h` of a (rows, K) array, as the fixed-size array the arithmetic here works in.
+pub(crate) fn row(a: &Array2<f64>, h: usize) -> &[f64; K] {
     a.row(h)
         .to_slice()
         .and_then(|r| r.try_into().ok())
         .expect("rows are stored contiguous, K long")
 }
 
-fn row_mut(a: &mut Array2<f64>, h: usize) -> &mut [f64; K] {
+pub(crate) fn row_mut(a: &mut Array2<f64>, h: usize) -> &mut [f64; K] {
     a.row_mut(h)
         .into_slice()
         .and_then(|r| r.try_into().ok())
