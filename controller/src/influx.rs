@@ -331,8 +331,16 @@ fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<Si
             )
             .await
         });
+        // A timeout is a failed request like any other.
+        let result = match result {
+            Ok(written) => written.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "request timed out after {} s",
+                timeout.as_secs_f64()
+            )),
+        };
         match result {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 metrics.requests_ok.fetch_add(1, Ordering::Relaxed);
                 metrics
                     .points_written
@@ -356,20 +364,8 @@ fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<Si
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
-            Ok(Err(e)) => {
-                fail(&metrics, &mut outage_since, &e.to_string());
-                if drain_until.is_some() {
-                    break;
-                }
-                sleep(backoff + jitter(backoff));
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(_) => {
-                fail(
-                    &metrics,
-                    &mut outage_since,
-                    &format!("request timed out after {} s", timeout.as_secs_f64()),
-                );
+            Err(error) => {
+                fail(&metrics, &mut outage_since, &error);
                 if drain_until.is_some() {
                     break;
                 }
