@@ -823,19 +823,19 @@ impl ControllerCore {
                     && now.since(c.at) >= zone_policy.bubble_hold_s as u64 * 1000)
         });
         let changed = lamp.commanded.is_none_or(|c| c.level_pct != level_pct);
-        // The night profile is read by the minute where the policy falls back on it.
-        let by_minute = situation.dark && !(zone_policy.adaptive && situation.class.is_some());
+        // Where the policy falls back on the night profile, its next step may change the level.
+        let by_profile = situation.dark && !(zone_policy.adaptive && situation.class.is_some());
         if changed || refresh_due {
             self.command(now, i, level_pct, reason);
         }
-        self.hot[i].recheck_at = self.recheck_at(now, i, by_minute);
+        self.hot[i].recheck_at = self.recheck_at(now, i, by_profile);
     }
 
     /// The first instant at which deciding lamp `i` again may give another answer than now
     /// (or send again): dusk or dawn, a bubble or override ending, a refresh falling due, the
-    /// zone's demand going stale, and the next minute when the night profile is in play.
+    /// zone's demand going stale, and the night profile's next step when it is in play.
     /// Early is harmless; late would miss a change.
-    fn recheck_at(&self, now: UnixMs, i: usize, by_minute: bool) -> UnixMs {
+    fn recheck_at(&self, now: UnixMs, i: usize, by_profile: bool) -> UnixMs {
         let lamp = &self.lamps[i];
         let zone_policy = self.policy_of(lamp.zone);
         let mut at = lamp.dark.spell_end(lamp.node.lat, lamp.node.lon, now);
@@ -859,8 +859,11 @@ impl ControllerCore {
         if let Some(t) = self.zones[lamp.zone].demand_known_until(now, zone_policy) {
             upto(t);
         }
-        if by_minute {
-            upto(UnixMs((now.0 / 60_000 + 1) * 60_000));
+        if let Some(t) = by_profile
+            .then(|| policy::next_profile_step(zone_policy, now))
+            .flatten()
+        {
+            upto(t);
         }
         at
     }

@@ -496,6 +496,21 @@ pub fn decide(cfg: &PolicyConfig, s: &LampSituation) -> Decision {
     }
 }
 
+/// The first instant after `now` at which the night profile may give another level: its
+/// next step (local time, wrapping at midnight); `None` for a profile with no steps.
+pub fn next_profile_step(cfg: &PolicyConfig, now: UnixMs) -> Option<UnixMs> {
+    let day_s = now.local_seconds_of_day(cfg.utc_offset_min) as u64;
+    let minute = day_s / 60;
+    let next_minute = cfg
+        .night_profile
+        .iter()
+        .map(|s| s.minute_of_day as u64)
+        .map(|m| if m > minute { m } else { m + 1440 })
+        .min()?;
+    let local_midnight_ms = (now.0 / 1000).saturating_sub(day_s) * 1000;
+    Some(UnixMs(local_midnight_ms + next_minute * 60_000))
+}
+
 fn profile_level(steps: &[ProfileStep], minute: u16) -> u8 {
     let latest_before = steps
         .iter()
@@ -560,6 +575,42 @@ mod tests {
                 "case {i}: {s:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_next_profile_step_is_the_next_change_of_the_profile_level() {
+        // Steps at 00:00, 05:30, 12:00 and 22:00 local.
+        let mut cfg = PolicyConfig::default();
+        let level = |cfg: &PolicyConfig, t: UnixMs| decide(cfg, &situation(t)).level_pct;
+        // (now, next step)
+        let cases = [
+            (at(23, 0), at(24, 0)),
+            (at(0, 0), at(5, 30)),
+            (at(5, 29).plus_ms(59_999), at(5, 30)),
+            (at(5, 30), at(12, 0)),
+            (at(21, 59), at(22, 0)),
+            (at(22, 0), at(24, 0)),
+        ];
+        for utc_offset_min in [0, 60, -300] {
+            cfg.utc_offset_min = utc_offset_min;
+            let local = |t: UnixMs| UnixMs((t.0 as i64 - utc_offset_min as i64 * 60_000) as u64);
+            for (i, (now, next)) in cases.iter().enumerate() {
+                let (now, next) = (local(*now), local(*next));
+                assert_eq!(
+                    next_profile_step(&cfg, now),
+                    Some(next),
+                    "case {i}, offset {utc_offset_min}"
+                );
+                // Every minute up to the step gives the level of now: none is missed.
+                let mut t = UnixMs((now.0 / 60_000 + 1) * 60_000);
+                while t < next {
+                    assert_eq!(level(&cfg, t), level(&cfg, now), "case {i} at {t:?}");
+                    t = t.plus_ms(60_000);
+                }
+            }
+        }
+        cfg.night_profile.clear();
+        assert_eq!(next_profile_step(&cfg, at(1, 0)), None);
     }
 
     #[test]
