@@ -53,7 +53,10 @@ pub fn is_dark_uncached(lat_deg: f64, lon_deg: f64, now: UnixMs) -> bool {
 /// One position's light or dark spell, kept by whoever asks about the same position again
 /// and again: a node about its own column, a controller about each of its lamps. Same
 /// answers as [`is_dark`], without its shared memo's hash look-up (which was a tenth of a
-/// planning run). Asked about another position, it starts over for that one.
+/// planning run) while the spell lasts. Asked about another position, it starts over for
+/// that one. A spell it does not hold comes from the shared memo, so that a lamp's node and
+/// its controller, and a planning run's policies, search each spell once per thread rather
+/// than each on its own (the search was a fifteenth of a planning run).
 #[derive(Debug, Clone, Default)]
 pub struct DarkSpell(std::cell::Cell<Option<(u64, u64, Spell)>>);
 
@@ -65,7 +68,7 @@ impl DarkSpell {
                 return s.dark;
             }
         }
-        let spell = spell_at(lat_deg, lon_deg, now.0);
+        let spell = DARK_MEMO.with(|m| m.borrow_mut().spell(lat_deg, lon_deg, now));
         self.0.set(Some((key.0, key.1, spell)));
         spell.dark
     }
@@ -114,10 +117,15 @@ thread_local! {
 
 impl DarkMemo {
     fn is_dark(&mut self, lat_deg: f64, lon_deg: f64, now: UnixMs) -> bool {
+        self.spell(lat_deg, lon_deg, now).dark
+    }
+
+    /// The spell holding `now` at this position.
+    fn spell(&mut self, lat_deg: f64, lon_deg: f64, now: UnixMs) -> Spell {
         let key = (lat_deg.to_bits(), lon_deg.to_bits());
         if let Some(s) = self.spells.get(&key) {
             if (s.from_ms..s.until_ms).contains(&now.0) {
-                return s.dark;
+                return *s;
             }
         }
         let spell = spell_at(lat_deg, lon_deg, now.0);
@@ -125,7 +133,7 @@ impl DarkMemo {
             self.spells.clear();
         }
         self.spells.insert(key, spell);
-        spell.dark
+        spell
     }
 }
 
@@ -137,38 +145,41 @@ fn margin_deg(lat_deg: f64, lon_deg: f64, t: u64) -> f64 {
 /// The spell holding `t0`: step outwards as far as the elevation's rate bound proves the
 /// answer cannot change, then bisect the last step to the millisecond.
 fn spell_at(lat_deg: f64, lon_deg: f64, t0: u64) -> Spell {
-    let dark = margin_deg(lat_deg, lon_deg, t0) < 0.0;
-    let same = |t: u64| (margin_deg(lat_deg, lon_deg, t) < 0.0) == dark;
+    let margin = |t: u64| margin_deg(lat_deg, lon_deg, t);
+    let margin_t0 = margin(t0);
+    let dark = margin_t0 < 0.0;
+    let same = |t: u64| (margin(t) < 0.0) == dark;
+    // Each step's margin is the next step's start: worked out once (it is a dozen
+    // trigonometric functions, and spells are searched for every lamp).
+    let step_ms = |m: f64| ((m.abs() / MAX_ELEVATION_RATE_DEG_PER_MS) as u64).max(1_000);
     // Forwards: the first instant after t0 that differs.
     let limit = t0.saturating_add(SPELL_SEARCH_MS);
-    let mut lo = t0;
+    let (mut lo, mut margin_lo) = (t0, margin_t0);
     let until_ms = loop {
-        let m = margin_deg(lat_deg, lon_deg, lo).abs();
-        let step = ((m / MAX_ELEVATION_RATE_DEG_PER_MS) as u64).max(1_000);
-        let hi = lo.saturating_add(step);
+        let hi = lo.saturating_add(step_ms(margin_lo));
         if hi >= limit {
             break limit;
         }
-        if !same(hi) {
+        let margin_hi = margin(hi);
+        if (margin_hi < 0.0) != dark {
             break first_change(lo, hi, &same);
         }
-        lo = hi;
+        (lo, margin_lo) = (hi, margin_hi);
     };
     // Backwards: the first instant of the spell.
     let limit = t0.saturating_sub(SPELL_SEARCH_MS);
-    let mut hi = t0;
+    let (mut hi, mut margin_hi) = (t0, margin_t0);
     let from_ms = loop {
-        let m = margin_deg(lat_deg, lon_deg, hi).abs();
-        let step = ((m / MAX_ELEVATION_RATE_DEG_PER_MS) as u64).max(1_000);
-        let lo = hi.saturating_sub(step);
+        let lo = hi.saturating_sub(step_ms(margin_hi));
         if lo <= limit {
             break limit;
         }
-        if !same(lo) {
+        let margin_lo = margin(lo);
+        if (margin_lo < 0.0) != dark {
             // The last instant that differs, plus one.
             break last_change(lo, hi, &same) + 1;
         }
-        hi = lo;
+        (hi, margin_hi) = (lo, margin_lo);
     };
     Spell {
         from_ms,
