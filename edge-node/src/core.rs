@@ -339,15 +339,18 @@ impl NodeCore {
     fn target_level_pct(&self, now: UnixMs) -> u8 {
         match (self.mode(now), self.commanded) {
             (NodeMode::Commanded, Some(c)) => c.level_pct,
-            _ => {
-                if self.dark.is_dark(self.config.lat, self.config.lon, now) {
-                    let p = &self.config.fail_safe;
-                    let minute = now.local_seconds_of_day(p.utc_offset_min as i32) / 60;
-                    p.level_at_minute(minute as u16)
-                } else {
-                    0
-                }
-            }
+            _ => self.fail_safe_level_pct(now),
+        }
+    }
+
+    /// The fail-safe profile's level now: its step while dark, off while light.
+    fn fail_safe_level_pct(&self, now: UnixMs) -> u8 {
+        if self.dark.is_dark(self.config.lat, self.config.lon, now) {
+            let p = &self.config.fail_safe;
+            let minute = now.local_seconds_of_day(p.utc_offset_min as i32) / 60;
+            p.level_at_minute(minute as u16)
+        } else {
+            0
         }
     }
 
@@ -549,11 +552,14 @@ impl NodeCore {
     }
 
     fn on_time(&mut self, now: UnixMs) {
-        let ramp_ms = match self.mode(now) {
-            NodeMode::Commanded => self.ramp.duration_ms,
-            NodeMode::FailSafe => self.config.local_ramp_ms as u64,
+        // The mode once: every input and every poll comes through here.
+        let (target, ramp_ms) = match (self.mode(now), self.commanded) {
+            (NodeMode::Commanded, Some(c)) => (c.level_pct, self.ramp.duration_ms),
+            _ => (
+                self.fail_safe_level_pct(now),
+                self.config.local_ramp_ms as u64,
+            ),
         };
-        let target = self.target_level_pct(now);
         self.retarget(now, target, ramp_ms);
     }
 
@@ -704,7 +710,12 @@ impl NodeCore {
         if silence_end > now {
             next = next.min(silence_end);
         }
-        // The fail-safe profile and the sun change on minute boundaries at the finest.
+        // A commanded node holds its command until the hold or the silence ends (both
+        // above); the fail-safe profile and the sun change on minute boundaries at the
+        // finest.
+        if self.mode(now) == NodeMode::Commanded {
+            return next;
+        }
         next.min(UnixMs((now.0 / 60_000 + 1) * 60_000))
     }
 }

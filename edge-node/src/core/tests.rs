@@ -123,6 +123,39 @@ fn silence_and_hold_expiry_fall_back_to_the_profile() {
 }
 
 #[test]
+fn a_commanded_node_sleeps_to_its_next_deadline_and_a_fail_safe_one_by_the_minute() {
+    let mut cfg = NodeConfig::new(DevEui(7), DevAddr(0x2601_0007), keys(), 51.5, -0.12);
+    cfg.report_interval_s = 3_600;
+    cfg.fail_safe = FailSafeProfile::part_night(0, 900);
+    let mut n = NodeCore::new(cfg, NIGHT, 0, 0.0);
+    let mut t = NIGHT;
+    while t < NIGHT.plus_ms(10_000) {
+        while n.poll_transmit(t).is_some() {}
+        t = t.plus_ms(1_000);
+    }
+    // Fail-safe (no command yet): the profile is read by the minute.
+    assert_eq!(n.mode(t), NodeMode::FailSafe);
+    assert_eq!(n.poll_timeout(t), UnixMs((t.0 / 60_000 + 1) * 60_000));
+    // Commanded, held for 300 s: nothing changes before the hold ends or a report is due.
+    n.handle_downlink(t, &downlink(1, &set(20, 0, 300)))
+        .unwrap();
+    let hold_end = t.plus_ms(300_000);
+    let due = n.poll_timeout(t);
+    assert_eq!(due, hold_end.min(n.next_periodic));
+    let mut m = UnixMs((t.0 / 60_000 + 1) * 60_000);
+    while m < due {
+        n.handle_timeout(m);
+        assert_eq!((n.mode(m), n.target_pct()), (NodeMode::Commanded, 20.0));
+        m = m.plus_ms(60_000);
+    }
+    // Past the hold it falls back to the profile, read by the minute again.
+    n.handle_timeout(hold_end);
+    assert_eq!(n.mode(hold_end), NodeMode::FailSafe);
+    let next = n.poll_timeout(hold_end);
+    assert!(next > hold_end && next.0 - hold_end.0 <= 60_000, "{next:?}");
+}
+
+#[test]
 fn presence_is_reported_at_once_but_rate_limited() {
     let mut n = node(NIGHT);
     // The periodic phase may fall anywhere in the first minute; drain it.
