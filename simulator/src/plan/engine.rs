@@ -451,9 +451,9 @@ fn dev_addr(i: usize) -> DevAddr {
 #[derive(Debug, Clone, Copy)]
 struct Passage {
     t: u64,
-    /// The level its class required then; `None` for a passage that does not count towards
-    /// exposure (see [`SensorRec::judged`]).
-    required_pct: Option<f32>,
+    /// The level its class required then (only passages that count towards exposure wait
+    /// to be judged; see [`SensorRec::judged`]).
+    required_pct: f32,
     who: RoadUser,
 }
 
@@ -1089,22 +1089,13 @@ impl<'s, 'a> Sim<'s, 'a> {
             let inv = &mut self.out.invariants;
             inv.slowest_convergence_s = inv.slowest_convergence_s.max((now - heal) / 1000);
         }
-        // A commanded node's minute wake-ups and the end of its ramp change nothing (its
-        // target is the command, and a hold or silence ending is a deadline of its own):
-        // skip them, exactly. Energy is counted across the ramp's end (`account`).
+        // The end of a commanded node's ramp changes nothing (its target is the command,
+        // and a hold or silence ending is a deadline of its own): skip it, exactly. Energy
+        // is counted across the ramp's end (`account`).
         let ramp_end = n.core.ramp_end();
         let mut due = n.core.poll_timeout(nn);
-        for _ in 0..10 {
-            if !(due.0.is_multiple_of(MIN_MS) || due == ramp_end)
-                || n.core.mode(due) != NodeMode::Commanded
-            {
-                break;
-            }
-            let next = n.core.poll_timeout(due);
-            if next <= due {
-                break;
-            }
-            due = next;
+        if due == ramp_end && n.core.mode(due) == NodeMode::Commanded {
+            due = n.core.poll_timeout(due);
         }
         let wake = self.sh.virtual_time_of(g, due).max(now);
         n.ramp_end_ms = self.sh.virtual_time_of(g, ramp_end);
@@ -1302,14 +1293,14 @@ impl<'s, 'a> Sim<'s, 'a> {
             if zone == self.sh.quiet_zone {
                 self.zone_passages[1][sample] += 1;
             }
-            let required_pct = rec
-                .judged()
-                .then(|| self.sh.zones[zone as usize].required_pct[rec.class_drop()]);
-            self.nodes[i].passages.push(Passage {
-                t: t_pass,
-                required_pct,
-                who: rec.who(),
-            });
+            // Only a judged passage waits: the others count towards nothing more.
+            if rec.judged() {
+                self.nodes[i].passages.push(Passage {
+                    t: t_pass,
+                    required_pct: self.sh.zones[zone as usize].required_pct[rec.class_drop()],
+                    who: rec.who(),
+                });
+            }
         }
     }
 
@@ -1332,9 +1323,7 @@ impl<'s, 'a> Sim<'s, 'a> {
 
     fn judge(&mut self, i: usize, p: &Passage) {
         let now = p.t;
-        let Some(required) = p.required_pct else {
-            return;
-        };
+        let required = p.required_pct;
         let who = user_index(p.who);
         self.judged_by_user[who] += 1;
         let nn = self.sh.node_now(self.lamp(i), now);

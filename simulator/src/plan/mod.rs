@@ -26,8 +26,8 @@
 //! Time is an event queue (a calendar of (time, sequence, event), in `queue.rs`), not fixed
 //! steps: a node is woken when its own `poll_timeout` says (when a ramp ends, for its
 //! reports, when a hold or its silence timeout ends, and each minute while it runs its
-//! fail-safe profile; the minute wake-ups and the ramp end of a commanded node change nothing
-//! and are skipped, exactly), the controller ticks every `tick_s` (10 s), packets arrive when
+//! fail-safe profile; the ramp end of a commanded node changes nothing and is skipped,
+//! exactly), the controller ticks every `tick_s` (10 s), packets arrive when
 //! the link delivers them and road users enter each lamp's sensor range when their speed
 //! takes them there. The road users do not depend on the policy: they are made once per run
 //! and read by every policy's run in time order, merged with its queue (`traffic.rs`). A
