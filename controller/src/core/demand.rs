@@ -137,10 +137,15 @@ impl ZoneState {
         policy.interval_s.max(1) as u64 * 1000
     }
 
+    /// The index of the demand interval holding `now`.
+    pub fn interval_of(now: UnixMs, policy: &PolicyConfig) -> u64 {
+        now.0 / Self::interval_ms(policy)
+    }
+
     /// The interval holding `now`; ends any interval before it. Returns whether the class in
     /// force changed.
     pub fn advance(&mut self, now: UnixMs, policy: &PolicyConfig) -> bool {
-        let current = now.0 / Self::interval_ms(policy);
+        let current = Self::interval_of(now, policy);
         let Some(open) = self.interval else {
             self.interval = Some(current);
             return false;

@@ -379,6 +379,10 @@ pub struct ControllerCore {
     rejected_by_kind: BTreeMap<&'static str, u64>,
     /// Zones whose engineers chose their own policy (index: the core's zone index).
     zone_policies: HashMap<usize, PolicyConfig>,
+    /// The demand interval every zone was last advanced to by a tick: until the next one
+    /// begins, a tick finds no interval to end (a zone's reports advance it within the same
+    /// interval at most).
+    ticked_interval: Option<u64>,
 }
 
 /// A zone's policy settings, as an engineer edits them on the dashboard.
@@ -483,6 +487,7 @@ impl ControllerCore {
             counters: Counters::default(),
             rejected_by_kind: BTreeMap::new(),
             zone_policies: HashMap::new(),
+            ticked_interval: None,
         })
     }
 
@@ -710,11 +715,16 @@ impl ControllerCore {
     /// zones whose class changed and those whose recheck time has come. Any other lamp would
     /// be decided as before, so passing over it changes nothing.
     pub fn handle_tick(&mut self, now: UnixMs) {
-        let class_changed: Vec<bool> = self
-            .zones
-            .iter_mut()
-            .map(|zone| zone.advance(now, &self.config.policy))
-            .collect();
+        let interval = ZoneState::interval_of(now, &self.config.policy);
+        let mut class_changed = Vec::new();
+        if self.ticked_interval != Some(interval) {
+            class_changed = self
+                .zones
+                .iter_mut()
+                .map(|zone| zone.advance(now, &self.config.policy))
+                .collect();
+            self.ticked_interval = Some(interval);
+        }
         let any_changed = class_changed.contains(&true);
         for i in 0..self.lamps.len() {
             if self.hot[i].recheck_at <= now || (any_changed && class_changed[self.lamps[i].zone]) {

@@ -460,6 +460,39 @@ fn the_class_drops_after_two_quiet_intervals_and_rises_at_once() {
 }
 
 #[test]
+fn ticks_every_ten_seconds_end_each_interval_once() {
+    // As the test above, with a tick every 10 s rather than one per interval: the ticks
+    // within an interval find nothing to end, and the class drops at the second end. No
+    // report comes after that end, so only a tick can end the interval.
+    let mut c = adaptive_core(10);
+    let mut fcnt = vec![0; 10];
+    let mut t = NIGHT.plus_ms(1000);
+    let end = NIGHT.plus_ms(20 * MIN + 1000);
+    let mut classes = Vec::new();
+    while t <= end {
+        if [1000, 5 * MIN + 1000, 15 * MIN + 1000].contains(&(t.0 - NIGHT.0)) {
+            for i in 0..10 {
+                send(&mut c, &mut fcnt, i, t, Presence::default());
+            }
+        }
+        c.handle_tick(t);
+        drain(&mut c);
+        let class = zone0(&c, t).demand.class;
+        if classes.last().is_none_or(|(_, k)| *k != class) {
+            classes.push((t.0 - NIGHT.0, class));
+        }
+        t = t.plus_ms(10_000);
+    }
+    assert_eq!(
+        classes,
+        vec![
+            (1000, Some(LightingClass::M(3))),
+            (20 * MIN + 1000, Some(LightingClass::M(5)))
+        ]
+    );
+}
+
+#[test]
 fn the_forecast_brightens_ahead_of_a_daily_peak() {
     // One lamp; every evening from 23:00 to 23:30 about 540 road users per hour pass it
     // (90 % of capacity), otherwise nobody.
