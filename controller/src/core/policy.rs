@@ -512,11 +512,20 @@ pub fn next_profile_step(cfg: &PolicyConfig, now: UnixMs) -> Option<UnixMs> {
 }
 
 fn profile_level(steps: &[ProfileStep], minute: u16) -> u8 {
-    let latest_before = steps
-        .iter()
-        .filter(|s| s.minute_of_day <= minute)
-        .max_by_key(|s| s.minute_of_day);
-    let last_of_day = steps.iter().max_by_key(|s| s.minute_of_day);
+    // The latest step at or before `minute`, else (before the first step) the day's last;
+    // of steps at the same minute, the last listed.
+    let mut latest_before: Option<&ProfileStep> = None;
+    let mut last_of_day: Option<&ProfileStep> = None;
+    for s in steps {
+        if last_of_day.is_none_or(|l| s.minute_of_day >= l.minute_of_day) {
+            last_of_day = Some(s);
+        }
+        if s.minute_of_day <= minute
+            && latest_before.is_none_or(|l| s.minute_of_day >= l.minute_of_day)
+        {
+            latest_before = Some(s);
+        }
+    }
     latest_before
         .or(last_of_day)
         .map_or(100, |s| s.level_pct.min(100))
@@ -574,6 +583,34 @@ mod tests {
                 },
                 "case {i}: {s:?}"
             );
+        }
+    }
+
+    proptest! {
+        /// The level is the latest step's at or before the minute, else the day's last (of
+        /// steps at the same minute, the last listed): as `Iterator::max_by_key` finds them.
+        #[test]
+        fn the_profile_level_is_the_latest_step_before_else_the_days_last(
+            // Half-hour steps, so that some share a minute.
+            raw in proptest::collection::vec((0u16..48, 0u8..=120), 0..8),
+            minute in 0u16..1440,
+        ) {
+            let steps: Vec<ProfileStep> = raw
+                .iter()
+                .map(|&(half_hour, level_pct)| ProfileStep {
+                    minute_of_day: half_hour * 30,
+                    level_pct,
+                })
+                .collect();
+            let latest_before = steps
+                .iter()
+                .filter(|s| s.minute_of_day <= minute)
+                .max_by_key(|s| s.minute_of_day);
+            let last_of_day = steps.iter().max_by_key(|s| s.minute_of_day);
+            let expected = latest_before
+                .or(last_of_day)
+                .map_or(100, |s| s.level_pct.min(100));
+            prop_assert_eq!(profile_level(&steps, minute), expected);
         }
     }
 
