@@ -1042,7 +1042,13 @@ impl<'s, 'a> Sim<'s, 'a> {
     /// the hours it falls in.
     fn add_energy(&mut self, t0: u64, p0: f32, t1: u64, p1: f32) {
         let (p0, p1) = (p0 as f64, p1 as f64);
-        let slope = (p1 - p0) / (t1 - t0) as f64;
+        // Flat nearly always (a ramp is seconds): a zero slope gives the same sums below
+        // without the division.
+        let slope = if p1 == p0 {
+            0.0
+        } else {
+            (p1 - p0) / (t1 - t0) as f64
+        };
         let last = self.out.energy_by_hour_wh.len() - 1;
         let mut a = t0;
         while a < t1 {

@@ -134,23 +134,42 @@ impl<T> EventQueue<T> {
 
     /// Turns the ring until the earliest item is in `current` or `late`, and says which
     /// (None: the queue is empty).
+    #[inline]
     fn next_is_late(&mut self) -> Option<bool> {
+        // Every peek and pop comes here; the ring turns once a bucket, apart.
+        match self.next_is_late_now() {
+            Some(late) => Some(late),
+            None => self.turn(),
+        }
+    }
+
+    /// Whether the earliest item is in `late` rather than `current` (None: both are empty).
+    #[inline]
+    fn next_is_late_now(&self) -> Option<bool> {
+        // Entry's order is reversed (for the heaps): "greater" is earlier.
+        match (self.current.last(), self.late.peek()) {
+            (Some(c), Some(l)) => Some(l > c),
+            (None, Some(_)) => Some(true),
+            (Some(_), None) => Some(false),
+            (None, None) => None,
+        }
+    }
+
+    /// [`EventQueue::next_is_late`] with `current` and `late` empty: turns the ring to the
+    /// next items.
+    #[cold]
+    #[inline(never)]
+    fn turn(&mut self) -> Option<bool> {
         loop {
-            // Entry's order is reversed (for the heaps): "greater" is earlier.
-            return Some(match (self.current.last(), self.late.peek()) {
-                (Some(c), Some(l)) => l > c,
-                (None, Some(_)) => true,
-                (Some(_), None) => false,
-                (None, None) => {
-                    if self.in_ring == 0 {
-                        // Nothing in the ring: jump to the overflow's first bucket.
-                        let next = self.bucket(self.overflow.peek()?.t);
-                        self.cursor = next.max(self.cursor + 1) - 1;
-                    }
-                    self.advance();
-                    continue;
-                }
-            });
+            if self.in_ring == 0 {
+                // Nothing in the ring: jump to the overflow's first bucket.
+                let next = self.bucket(self.overflow.peek()?.t);
+                self.cursor = next.max(self.cursor + 1) - 1;
+            }
+            self.advance();
+            if let Some(late) = self.next_is_late_now() {
+                return Some(late);
+            }
         }
     }
 
