@@ -395,7 +395,19 @@ pub(crate) struct Reader<'s, 'a> {
 
 impl Reader<'_, '_> {
     /// The time of the next record.
+    #[inline]
     pub fn peek_t(&mut self) -> Option<u64> {
+        // Every event of a run asks; a chunk runs out once in five minutes of virtual time.
+        match self.chunk.as_ref().and_then(|c| c.get(self.pos)) {
+            Some(r) => Some(r.t),
+            None => self.next_chunk_t(),
+        }
+    }
+
+    /// [`Reader::peek_t`] at the end of a chunk: moves to the next one with a record.
+    #[cold]
+    #[inline(never)]
+    fn next_chunk_t(&mut self) -> Option<u64> {
         loop {
             let chunk = self.chunk.as_ref()?;
             if let Some(r) = chunk.get(self.pos) {
