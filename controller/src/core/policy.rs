@@ -161,14 +161,16 @@ pub fn bubble_hold_ms(cfg: &PolicyConfig, presence: Presence) -> u64 {
         return cfg.bubble_hold_s as u64 * 1000;
     };
     let counts = [presence.pedestrians, presence.cyclists, presence.vehicles];
-    let hold_s = counts
-        .iter()
-        .zip(by_user)
-        .filter(|(n, _)| **n > 0)
-        .map(|(_, h)| h)
-        .max()
-        .unwrap_or(cfg.bubble_hold_s);
-    hold_s.min(cfg.bubble_hold_s) as u64 * 1000
+    // A plain loop: every presence report comes here, and the zip of two arrays built
+    // on the stack cost a stalled load each time (a store read back misaligned).
+    let mut hold_s: Option<u32> = None;
+    for (k, &n) in counts.iter().enumerate() {
+        if n > 0 {
+            let h = by_user[k];
+            hold_s = Some(hold_s.map_or(h, |m| m.max(h)));
+        }
+    }
+    hold_s.unwrap_or(cfg.bubble_hold_s).min(cfg.bubble_hold_s) as u64 * 1000
 }
 
 /// The policies a deployment or a simulation run can choose by name.
