@@ -11,6 +11,7 @@ use lamplighter_protocol::lorawan::{self, AesKey, SessionKeys};
 use lamplighter_protocol::payload::{Command, FailSafeProfile, NodeMode, StatusReport};
 use lamplighter_protocol::{sun, DevAddr, DevEui, LampId, TenantId, UnixMs};
 use lamplighter_town::{distance_m, LedPowerModel, RoadKind, Town};
+use rand::distributions::Bernoulli;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -603,6 +604,8 @@ pub(crate) struct Sim<'s, 'a> {
     provisioned: Vec<ProvisionedNode>,
     last_cmd: Vec<Option<u8>>,
     link_rng: ChaCha8Rng,
+    /// The link's loss, drawn as `gen_bool` would draw it, made once rather than per packet.
+    link_loss: Bernoulli,
     /// Active transient faults: their count, and the loss and delay they add.
     active: u32,
     fault_loss_pct: f64,
@@ -708,6 +711,8 @@ impl<'s, 'a> Sim<'s, 'a> {
             provisioned,
             last_cmd: vec![None; region.lamps.len()],
             link_rng: ChaCha8Rng::seed_from_u64(sh.seed ^ 0x11_4C_1E ^ (nth << 40)),
+            link_loss: Bernoulli::new((sh.link.loss_pct / 100.0).clamp(0.0, 1.0))
+                .expect("a share from 0 to 1"),
             active: 0,
             fault_loss_pct: 0.0,
             fault_delay_ms: 0,
@@ -982,17 +987,17 @@ impl<'s, 'a> Sim<'s, 'a> {
         }
         let mut delay = rng.gen_range(l.latency_min_ms..=l.latency_max_ms.max(l.latency_min_ms))
             + self.fault_delay_ms;
-        let p = (l.loss_pct / 100.0).clamp(0.0, 1.0);
+        let loss = self.link_loss;
         match l.loss_mode {
             LossMode::Drop => {
-                if rng.gen_bool(p) {
+                if rng.sample(loss) {
                     self.out.packets_lost += 1;
                     return None;
                 }
             }
             LossMode::Retransmit { rto_ms } => {
                 let mut rto = rto_ms;
-                while rng.gen_bool(p) {
+                while rng.sample(loss) {
                     self.out.packets_retransmitted += 1;
                     delay += rto;
                     rto = rto.saturating_mul(2);
