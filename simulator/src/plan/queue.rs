@@ -200,6 +200,51 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Busy buckets, with items at the same instants pushed straight in and through the
+    /// overflow: still one heap's order.
+    #[test]
+    fn busy_buckets_pop_in_the_order_of_one_heap() {
+        let mut q = EventQueue::new(0);
+        let mut reference = BinaryHeap::new();
+        let mut x: u64 = 7;
+        let mut next = || {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            x >> 33
+        };
+        let (mut now, mut seq) = (0u64, 0u64);
+        for k in 0..40_000usize {
+            let r = next();
+            if r % 3 == 0 {
+                let got = q.pop();
+                let want = reference.pop().map(|e: Entry<usize>| (e.t, e.item));
+                assert_eq!(got, want, "pop {k}");
+                if let Some((t, _)) = got {
+                    now = t;
+                }
+                continue;
+            }
+            // Whole 100 ms steps, so that many items share an instant; some far enough
+            // ahead to wait in the overflow first.
+            let ahead_ms = match r % 7 {
+                0 => (next() % 40) * 100 * 1_000,
+                _ => (next() % 300) * 100,
+            };
+            let t = (now / 100) * 100 + ahead_ms;
+            seq += 1;
+            q.push(t, k);
+            reference.push(Entry { t, seq, item: k });
+        }
+        loop {
+            let got = q.pop();
+            assert_eq!(got, reference.pop().map(|e| (e.t, e.item)));
+            if got.is_none() {
+                break;
+            }
+        }
+    }
+
     proptest! {
         /// Whatever the pushes, peeks and pops, items come out exactly as from one binary heap of
         /// (time, push order): the order a run's determinism rests on.
