@@ -276,7 +276,8 @@ impl NodeCore {
             dark: sun::DarkSpell::default(),
             config,
         };
-        let target = node.target_level_pct(now);
+        // Not commanded yet: the fail-safe profile, at once.
+        let target = node.fail_safe_level_pct(now);
         node.retarget(now, target, 0);
         node
     }
@@ -334,13 +335,6 @@ impl NodeCore {
 
     fn silent(&self, now: UnixMs) -> bool {
         now.since(self.last_heard) >= self.config.fail_safe.silence_timeout_s as u64 * 1000
-    }
-
-    fn target_level_pct(&self, now: UnixMs) -> u8 {
-        match (self.mode(now), self.commanded) {
-            (NodeMode::Commanded, Some(c)) => c.level_pct,
-            _ => self.fail_safe_level_pct(now),
-        }
     }
 
     /// The fail-safe profile's level now: its step while dark, off while light.
