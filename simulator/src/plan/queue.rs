@@ -137,10 +137,7 @@ impl<T> EventQueue<T> {
     #[inline]
     fn next_is_late(&mut self) -> Option<bool> {
         // Every peek and pop comes here; the ring turns once a bucket, apart.
-        match self.next_is_late_now() {
-            Some(late) => Some(late),
-            None => self.turn(),
-        }
+        self.next_is_late_now().or_else(|| self.turn())
     }
 
     /// Whether the earliest item is in `late` rather than `current` (None: both are empty).
