@@ -475,22 +475,27 @@ enum Ev {
     ConvergeCheck(u32),
 }
 
+/// A lamp's node in the run. What a road user that the node does not detect needs (its
+/// passages) is in the first cache line, the node core after the run's own fields: a
+/// passage the sensor misses, and every passage of a run without sensors, fetches one line
+/// rather than the whole node (`Sim::prefetch_for`).
+#[repr(C, align(64))]
 struct Node {
-    core: NodeCore,
-    alive: bool,
-    last_ms: u64,
-    last_power_w: f32,
-    /// When the core's ramp ends (virtual time) and the power from then on: energy is
-    /// counted across a ramp's end without a wake-up there.
-    ramp_end_ms: u64,
-    settled_power_w: f32,
     /// Passages not yet judged: they are judged when the lamp's state next changes (or the
     /// run ends), since until then it is known from the node core alone. A passage is not
     /// an event of its own, which halves the events of road users.
     passages: Vec<Passage>,
+    last_ms: u64,
+    last_power_w: f32,
+    settled_power_w: f32,
+    /// When the core's ramp ends (virtual time) and the power from then on
+    /// (`settled_power_w`): energy is counted across a ramp's end without a wake-up there.
+    ramp_end_ms: u64,
     next_wake: u64,
-    below_since: Option<u64>,
+    alive: bool,
     converged: bool,
+    below_since: Option<u64>,
+    core: NodeCore,
 }
 
 /// A zone's figures over time, for the charts.
@@ -813,11 +818,15 @@ impl<'s, 'a> Sim<'s, 'a> {
     /// state is there when their turn comes: a run spends most of its time waiting on
     /// memory, and the stream says which lamps come next.
     fn prefetch_for(&self, road_users: &Reader) {
-        if let Some(i) = road_users
-            .ahead(PREFETCH_NODE_AHEAD)
-            .and_then(|r| self.region.local_of(r.lamp))
-        {
-            prefetch_lines(&self.nodes[i]);
+        if let Some(r) = road_users.ahead(PREFETCH_NODE_AHEAD) {
+            if let Some(i) = self.region.local_of(r.lamp) {
+                if self.sensing && r.detected() {
+                    prefetch_lines(&self.nodes[i]);
+                } else {
+                    // Only its passages will be read: they are in the node's first line.
+                    prefetch(&self.nodes[i]);
+                }
+            }
         }
         if let Some(i) = road_users
             .ahead(PREFETCH_NODE_AHEAD / 2)
@@ -829,15 +838,27 @@ impl<'s, 'a> Sim<'s, 'a> {
         }
     }
 
-    /// The same for the events queued next: their lamps, and their parked packets.
+    /// The same for the events queued next: their lamps, and their parked packets. Most
+    /// packets arrive within the bucket being served, in the queue's late heap: the two
+    /// that may come out of it after the next one are fetched too.
     fn prefetch_queued(&self) {
-        match self.queue.ahead(PREFETCH_NODE_AHEAD / 2) {
-            Some(Ev::Wake(i)) => prefetch_lines(&self.nodes[*i as usize]),
-            Some(Ev::Down(i, parked)) => {
+        if let Some(ev) = self.queue.ahead(PREFETCH_NODE_AHEAD / 2) {
+            self.prefetch_event(ev);
+        }
+        for ev in self.queue.late_after_next() {
+            self.prefetch_event(ev);
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch_event(&self, ev: &Ev) {
+        match ev {
+            Ev::Wake(i) => prefetch_lines(&self.nodes[*i as usize]),
+            Ev::Down(i, parked) => {
                 prefetch_lines(&self.nodes[*i as usize]);
                 prefetch(self.commands.slots.as_ptr().wrapping_add(*parked as usize));
             }
-            Some(Ev::Up(_, parked)) => {
+            Ev::Up(_, parked) => {
                 prefetch(self.uplinks.slots.as_ptr().wrapping_add(*parked as usize));
             }
             _ => {}

@@ -132,6 +132,12 @@ impl<T> EventQueue<T> {
         Some(&self.current[k].item)
     }
 
+    /// The items that may come out of the late heap after its next one (the root's
+    /// children): a guess for prefetching, like [`EventQueue::ahead`].
+    pub fn late_after_next(&self) -> impl Iterator<Item = &T> {
+        self.late.as_slice().iter().skip(1).take(2).map(|e| &e.item)
+    }
+
     /// Turns the ring until the earliest item is in `current` or `late`, and says which
     /// (None: the queue is empty).
     #[inline]
