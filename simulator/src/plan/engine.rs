@@ -458,6 +458,11 @@ struct Passage {
     who: RoadUser,
 }
 
+/// `repr(u32)`: a 4-byte tag before 4-byte fields, 16 bytes in all. Left to itself the
+/// compiler gave it a 2-byte tag and copied it around the queue with overlapping unaligned
+/// moves, which the CPU could not forward from store to load (a stall on every event).
+#[derive(Clone, Copy)]
+#[repr(u32)]
 enum Ev {
     Tick,
     Wake(u32),
