@@ -10,8 +10,10 @@
 //! - [`topics`]: the MQTT topic layout, with a tenant segment.
 //! - [`time`]: `UnixMs`, the one time type the sans-IO cores take as `now`.
 //! - [`sun`]: solar elevation, so nodes and controller agree on dusk and dawn from a position.
+//! - [`hint`]: cache prefetch hints for the simulator's hot loops (no effect on state).
 
 pub mod class;
+pub mod hint;
 pub mod ids;
 pub mod lorawan;
 pub mod payload;

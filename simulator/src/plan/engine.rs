@@ -7,6 +7,7 @@ use lamplighter_controller::core::ZoneParams;
 use lamplighter_controller::{ControllerConfig, ControllerCore, ProvisionedNode};
 use lamplighter_edge::core::{NodeConfig, NodeCore, Sample, Uplink};
 use lamplighter_edge::RoadUser;
+use lamplighter_protocol::hint::{prefetch, prefetch_lines};
 use lamplighter_protocol::lorawan::{self, AesKey, SessionKeys};
 use lamplighter_protocol::payload::{Command, FailSafeProfile, NodeMode, StatusReport};
 use lamplighter_protocol::{sun, DevAddr, DevEui, LampId, TenantId, UnixMs};
@@ -863,8 +864,11 @@ impl<'s, 'a> Sim<'s, 'a> {
                 prefetch_lines(&self.nodes[*i as usize]);
                 prefetch(self.commands.slots.as_ptr().wrapping_add(*parked as usize));
             }
-            Ev::Up(_, parked) => {
+            Ev::Up(i, parked) | Ev::UpRadio(i, _, parked) => {
                 prefetch(self.uplinks.slots.as_ptr().wrapping_add(*parked as usize));
+                if let Some(c) = &self.ctrl {
+                    c.prefetch_report(LampId(*i));
+                }
             }
             _ => {}
         }
@@ -1436,28 +1440,6 @@ impl<'s, 'a> Sim<'s, 'a> {
 
 /// How many records ahead a road user's lamp is fetched into the cache.
 const PREFETCH_NODE_AHEAD: usize = 4;
-
-/// Hints the CPU to load the cache line holding `p`. A prefetch never faults and has no
-/// other effect, so `p` may point anywhere (past a `Vec`'s end, say).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is only a hint: it reads nothing architecturally and never faults.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Prefetches every cache line of `*value`.
-#[inline(always)]
-fn prefetch_lines<T>(value: &T) {
-    let p = value as *const T as *const u8;
-    for offset in (0..std::mem::size_of::<T>()).step_by(64) {
-        prefetch(p.wrapping_add(offset));
-    }
-}
 
 /// Bytes on air of a data frame with an FPort and `frm_payload_len` bytes of payload.
 fn frame_len(frm_payload_len: usize) -> usize {
