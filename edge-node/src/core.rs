@@ -572,7 +572,9 @@ impl NodeCore {
 
     /// The next status report due and the uplink counter it goes under, for a node with a
     /// session (`None` while an OTAA node is joining: its JoinRequest goes through
-    /// [`NodeCore::poll_transmit`]). Once returned, the report counts as sent.
+    /// [`NodeCore::poll_transmit`]). Once returned, the report counts as sent, and no other
+    /// is due at the same instant: the next periodic one is a period on, a presence one a
+    /// report gap on. A driver polls once per instant.
     pub fn poll_report(&mut self, now: UnixMs) -> Option<Uplink> {
         self.on_time(now);
         if !self.joined {

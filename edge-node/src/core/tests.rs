@@ -178,6 +178,31 @@ fn presence_is_reported_at_once_but_rate_limited() {
     assert_eq!(r.presence.cyclists, 1);
 }
 
+/// The simulator polls once per input: a report, once returned, leaves none due at the same
+/// instant, whatever mix of presence and periodic reports is going on.
+#[test]
+fn one_report_at_most_is_due_at_an_instant() {
+    let mut n = node(NIGHT);
+    let mut t = NIGHT;
+    let (mut reports, mut presence) = (0, 0);
+    for step in 0..(2 * 7200) {
+        if step % 7 == 0 {
+            n.handle_presence(t, RoadUser::Pedestrian);
+        }
+        if let Some(u) = n.poll_report(t) {
+            reports += 1;
+            presence += (u.report.trigger == ReportTrigger::Presence) as u32;
+            assert_eq!(n.poll_report(t), None, "a second report at {t:?}");
+        }
+        t = t.plus_ms(500);
+    }
+    // Both kinds came: presence every 3.5 s, a periodic report each minute between.
+    assert!(
+        presence > 1_500 && reports > presence,
+        "{reports} {presence}"
+    );
+}
+
 #[test]
 fn periodic_reports_advance_fcnt_and_meter_energy() {
     let mut n = node(NIGHT);

@@ -1077,22 +1077,25 @@ impl<'s, 'a> Sim<'s, 'a> {
     /// the hours it falls in.
     fn add_energy(&mut self, t0: u64, p0: f32, t1: u64, p1: f32) {
         let (p0, p1) = (p0 as f64, p1 as f64);
-        // Flat nearly always (a ramp is seconds): a zero slope gives the same sums below
-        // without the division.
-        let slope = if p1 == p0 {
-            0.0
-        } else {
-            (p1 - p0) / (t1 - t0) as f64
-        };
         let last = self.out.energy_by_hour_wh.len() - 1;
+        // Times as i64 for the conversions to f64: one instruction each, where u64's take a
+        // dozen (the values are far below 2^63, so they convert the same).
+        let ms = |d: u64| d as i64 as f64;
         let mut a = t0;
         while a < t1 {
             let h = ((a - self.sh.start) / 3_600_000) as usize;
             let b = t1.min(self.sh.start + (h as u64 + 1) * 3_600_000);
-            let pa = p0 + slope * (a - t0) as f64;
-            let pb = p0 + slope * (b - t0) as f64;
-            self.out.energy_by_hour_wh[h.min(last)] +=
-                (pa + pb) / 2.0 * (b - a) as f64 / 3_600_000.0;
+            // Flat nearly always (a ramp is seconds): the mean power is then p0, the same
+            // sum the slope's would give, without its division.
+            let mean_w = if p1 == p0 {
+                p0
+            } else {
+                let slope = (p1 - p0) / ms(t1 - t0);
+                let pa = p0 + slope * ms(a - t0);
+                let pb = p0 + slope * ms(b - t0);
+                (pa + pb) / 2.0
+            };
+            self.out.energy_by_hour_wh[h.min(last)] += mean_w * ms(b - a) / 3_600_000.0;
             a = b;
         }
     }
@@ -1113,13 +1116,8 @@ impl<'s, 'a> Sim<'s, 'a> {
             self.out.level_changes += 1;
             n.settled_power_w = self.sh.power[g].input_power_w(n.core.target_pct());
         }
-        // One report at most, nearly always: the rest (if any) without an allocation for
-        // the common case.
-        let first = n.core.poll_report(nn);
-        let more: Vec<Uplink> = match first {
-            Some(_) => std::iter::from_fn(|| n.core.poll_report(nn)).collect(),
-            None => Vec::new(),
-        };
+        // One poll: a node has one report at most due at an instant (`NodeCore::poll_report`).
+        let uplink = n.core.poll_report(nn);
         if self.pending_heal.is_some()
             && !n.converged
             && n.core.mode(nn) == NodeMode::Commanded
@@ -1145,7 +1143,7 @@ impl<'s, 'a> Sim<'s, 'a> {
             n.next_wake = wake;
             self.push(wake, Ev::Wake(i as u32));
         }
-        for uplink in first.into_iter().chain(more) {
+        if let Some(uplink) = uplink {
             self.out.uplinks_sent += 1;
             if let Some(r) = self.radio.as_mut() {
                 let channel = self.link_rng.gen_range(0..3);
