@@ -498,6 +498,8 @@ struct Node {
     /// (`settled_power_w`): energy is counted across a ramp's end without a wake-up there.
     ramp_end_ms: u64,
     next_wake: u64,
+    /// The earliest time among `passages` (`u64::MAX`: none): until then none is due.
+    first_passage_ms: u64,
     alive: bool,
     converged: bool,
     below_since: Option<u64>,
@@ -690,6 +692,7 @@ impl<'s, 'a> Sim<'s, 'a> {
                     ramp_end_ms: sh.start,
                     settled_power_w: sh.power[i].input_power_w(level),
                     passages: Vec::new(),
+                    first_passage_ms: u64::MAX,
                     next_wake: u64::MAX,
                     below_since: None,
                     converged: true,
@@ -1334,7 +1337,9 @@ impl<'s, 'a> Sim<'s, 'a> {
             }
             // Only a judged passage waits: the others count towards nothing more.
             if rec.judged() {
-                self.nodes[i].passages.push(Passage {
+                let n = &mut self.nodes[i];
+                n.first_passage_ms = n.first_passage_ms.min(t_pass);
+                n.passages.push(Passage {
                     t: t_pass,
                     required_pct: self.sh.zones[zone as usize].required_pct[rec.class_drop()],
                     who: rec.who(),
@@ -1346,18 +1351,25 @@ impl<'s, 'a> Sim<'s, 'a> {
     /// Judges lamp `i`'s passages up to `upto` (inclusive) against its state now, which has
     /// been its state since its last change: call before the lamp's state changes.
     fn judge_passages(&mut self, i: usize, upto: u64) {
-        if self.nodes[i].passages.is_empty() {
+        // Most calls find passages waiting but none due yet (the one a presence just
+        // added, say): no need to go through them.
+        if upto < self.nodes[i].first_passage_ms {
             return;
         }
         let mut pending = std::mem::take(&mut self.nodes[i].passages);
+        let mut first_left = u64::MAX;
         pending.retain(|p| {
             let due = p.t <= upto;
             if due {
                 self.judge(i, p);
+            } else {
+                first_left = first_left.min(p.t);
             }
             !due
         });
-        self.nodes[i].passages = pending;
+        let n = &mut self.nodes[i];
+        n.passages = pending;
+        n.first_passage_ms = first_left;
     }
 
     fn judge(&mut self, i: usize, p: &Passage) {

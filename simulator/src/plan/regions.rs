@@ -26,11 +26,17 @@ pub(crate) struct Region {
     pub zones: Vec<u32>,
     /// For each of the town's lamps, its index in this region (`u32::MAX`: not here).
     pub local: Vec<u32>,
+    /// The whole town, so a lamp's index here is its index in the town (`local_of` then
+    /// need not look it up: the one lookup of every road user's record).
+    whole: bool,
 }
 
 impl Region {
     /// The index in this region of the town's lamp `lamp`, if the region has it.
     pub fn local_of(&self, lamp: u32) -> Option<usize> {
+        if self.whole {
+            return Some(lamp as usize);
+        }
         match self.local[lamp as usize] {
             u32::MAX => None,
             i => Some(i as usize),
@@ -52,6 +58,7 @@ impl Region {
             local[g as usize] = i as u32;
         }
         Region {
+            whole: lamps.len() == town.lamps.len(),
             lamps,
             zones,
             local,
