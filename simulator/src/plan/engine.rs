@@ -788,6 +788,9 @@ impl<'s, 'a> Sim<'s, 'a> {
         self.region.lamps[i] as usize
     }
 
+    // Inlined for the same reason as `EventQueue::push`: an event handed over in memory
+    // is read back before its fields are stored.
+    #[inline(always)]
     fn push(&mut self, t: u64, ev: Ev) {
         self.queue.push(t, ev);
     }

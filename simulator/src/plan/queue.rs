@@ -52,6 +52,7 @@ impl<T: Copy> LateHeap<T> {
         self.data.first()
     }
 
+    #[inline(always)]
     fn push(&mut self, entry: Entry<T>) {
         let mut hole = self.data.len();
         self.data.push(entry);
@@ -154,7 +155,11 @@ impl<T: Copy> EventQueue<T> {
         t.saturating_sub(self.origin_ms) / BUCKET_MS
     }
 
-    #[inline]
+    // Inlined with `place` and the late heap's push, so that an entry is written where it
+    // goes, field by field: handed over in memory, it was read back 16 bytes at a time just
+    // after its fields were stored, a load the CPU cannot forward from the stores (the
+    // stall was most of `place`'s samples).
+    #[inline(always)]
     pub fn push(&mut self, t: u64, item: T) {
         self.seq += 1;
         let entry = Entry {
@@ -165,7 +170,7 @@ impl<T: Copy> EventQueue<T> {
         self.place(entry);
     }
 
-    #[inline]
+    #[inline(always)]
     fn place(&mut self, entry: Entry<T>) {
         let b = self.bucket(entry.t);
         if b <= self.cursor {
