@@ -54,8 +54,14 @@ impl<T: Copy> LateHeap<T> {
 
     #[inline(always)]
     fn push(&mut self, entry: Entry<T>) {
-        let mut hole = self.data.len();
+        let hole = self.data.len();
         self.data.push(entry);
+        self.rise(hole, entry);
+    }
+
+    /// Puts `entry` at `hole` or, moving parents down, where it belongs above it.
+    #[inline(always)]
+    fn rise(&mut self, mut hole: usize, entry: Entry<T>) {
         while hole > 0 {
             let parent = (hole - 1) / 2;
             if !Self::before(&entry, &self.data[parent]) {
@@ -89,15 +95,7 @@ impl<T: Copy> LateHeap<T> {
             self.data[hole] = self.data[child];
             hole = child;
         }
-        while hole > 0 {
-            let parent = (hole - 1) / 2;
-            if !Self::before(&last, &self.data[parent]) {
-                break;
-            }
-            self.data[hole] = self.data[parent];
-            hole = parent;
-        }
-        self.data[hole] = last;
+        self.rise(hole, last);
         Some(root)
     }
 }
