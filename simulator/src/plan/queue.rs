@@ -30,6 +30,14 @@ struct Entry<T> {
     item: T,
 }
 
+impl<T> Entry<T> {
+    /// Whether this entry comes out before `o`: by time, then push order. The one order of
+    /// the queue; `Ord` (for the overflow heap) is its reverse.
+    fn before(&self, o: &Self) -> bool {
+        (self.t, self.seq) < (o.t, o.seq)
+    }
+}
+
 /// A binary min-heap of entries by (time, sequence), for the late items. `std`'s
 /// `BinaryHeap::pop` writes the last item over the root and reads it straight back, a
 /// store-to-load of a 32-byte entry that the CPU cannot forward: a stall on every pop, 9 %
@@ -39,10 +47,6 @@ struct LateHeap<T> {
 }
 
 impl<T: Copy> LateHeap<T> {
-    fn before(a: &Entry<T>, b: &Entry<T>) -> bool {
-        (a.t, a.seq) < (b.t, b.seq)
-    }
-
     fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
@@ -64,7 +68,7 @@ impl<T: Copy> LateHeap<T> {
     fn rise(&mut self, mut hole: usize, entry: Entry<T>) {
         while hole > 0 {
             let parent = (hole - 1) / 2;
-            if !Self::before(&entry, &self.data[parent]) {
+            if !entry.before(&self.data[parent]) {
                 break;
             }
             self.data[hole] = self.data[parent];
@@ -89,7 +93,7 @@ impl<T: Copy> LateHeap<T> {
             if child >= n {
                 break;
             }
-            if child + 1 < n && Self::before(&self.data[child + 1], &self.data[child]) {
+            if child + 1 < n && self.data[child + 1].before(&self.data[child]) {
                 child += 1;
             }
             self.data[hole] = self.data[child];
@@ -226,9 +230,8 @@ impl<T: Copy> EventQueue<T> {
     /// Whether the earliest item is in `late` rather than `current` (None: both are empty).
     #[inline]
     fn next_is_late_now(&self) -> Option<bool> {
-        // Entry's order is reversed (for the heaps): "greater" is earlier.
         match (self.current.last(), self.late.peek()) {
-            (Some(c), Some(l)) => Some(l > c),
+            (Some(c), Some(l)) => Some(l.before(c)),
             (None, Some(_)) => Some(true),
             (Some(_), None) => Some(false),
             (None, None) => None,
