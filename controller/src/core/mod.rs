@@ -618,8 +618,38 @@ impl ControllerCore {
     pub fn prefetch_report(&self, lamp: LampId) {
         // The number as the index, as `lamp_index` tries first; a wrong guess only wastes
         // the hint.
-        if let Some(l) = self.lamps.get(lamp.0 as usize) {
+        let i = lamp.0 as usize;
+        if let Some(l) = self.lamps.get(i) {
             lamplighter_protocol::hint::prefetch_lines(l);
+            // A presence report then reads its neighbours' list and their bubbles.
+            lamplighter_protocol::hint::prefetch(self.hot.as_ptr().wrapping_add(i));
+            self.neighbours.prefetch_of(i);
+        }
+    }
+
+    /// The second half of [`ControllerCore::prefetch_report`], for once its lines have
+    /// arrived (an event or so later): what `report` reaches through them, its zone's
+    /// demand and, with presence, its neighbours' bubbles and what deciding them reads.
+    pub fn prefetch_report_then(&self, lamp: LampId, report: &StatusReport) {
+        use lamplighter_protocol::hint::{prefetch, prefetch_lines};
+        let i = lamp.0 as usize;
+        let Some(l) = self.lamps.get(i) else {
+            return;
+        };
+        if let Some(z) = self.zones.get(l.zone) {
+            prefetch_lines(z);
+        }
+        if report.presence.total() == 0 {
+            return;
+        }
+        if let Some(ids) = self.neighbours.get(i) {
+            for &j in ids {
+                prefetch(self.hot.as_ptr().wrapping_add(j as usize));
+                if let Some(n) = self.lamps.get(j as usize) {
+                    prefetch(&n.node.lat);
+                    prefetch(&n.dark);
+                }
+            }
         }
     }
 

@@ -68,6 +68,19 @@ impl Adjacency {
         Adjacency { start, ids }
     }
 
+    /// Asks the cache for lamp `i`'s list (a hint: see [`super::ControllerCore::prefetch_report`]).
+    pub fn prefetch_of(&self, i: usize) {
+        if let Some(&s) = self.start.get(i) {
+            lamplighter_protocol::hint::prefetch(self.ids.as_ptr().wrapping_add(s as usize));
+        }
+    }
+
+    /// [`Adjacency::of`], or `None` for a lamp out of range.
+    pub fn get(&self, i: usize) -> Option<&[u32]> {
+        let (s, e) = (*self.start.get(i)?, *self.start.get(i + 1)?);
+        self.ids.get(s as usize..e as usize)
+    }
+
     /// Lamp `i`'s neighbours, nearest first.
     pub fn of(&self, i: usize) -> &[u32] {
         &self.ids[self.start[i] as usize..self.start[i + 1] as usize]

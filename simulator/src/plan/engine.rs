@@ -844,9 +844,13 @@ impl<'s, 'a> Sim<'s, 'a> {
             .ahead(PREFETCH_NODE_AHEAD / 2)
             .and_then(|r| self.region.local_of(r.lamp))
         {
-            // The node itself arrived in the meantime; its passages' end comes next.
+            // The node itself arrived in the meantime; its passages' end comes next, and
+            // their start too if the sensor sees this one (judging reads them from there).
             let passages = &self.nodes[i].passages;
             prefetch(passages.as_ptr().wrapping_add(passages.len()));
+            if self.sensing && !passages.is_empty() {
+                prefetch(passages.as_ptr());
+            }
         }
     }
 
@@ -856,6 +860,24 @@ impl<'s, 'a> Sim<'s, 'a> {
     fn prefetch_queued(&self) {
         if let Some(ev) = self.queue.ahead(PREFETCH_NODE_AHEAD / 2) {
             self.prefetch_event(ev);
+        }
+        // The event after this one: what is reached through the lines fetched for it
+        // an event or two ago.
+        match self.queue.peek_item() {
+            Some(Ev::Wake(i) | Ev::Down(i, _)) => {
+                // It changes its lamp's state, judging the passages waiting there.
+                let n = &self.nodes[*i as usize];
+                if n.first_passage_ms != u64::MAX {
+                    prefetch(n.passages.as_ptr());
+                }
+            }
+            Some(Ev::Up(i, parked) | Ev::UpRadio(i, _, parked)) => {
+                let uplink = self.uplinks.slots.get(*parked as usize);
+                if let (Some(c), Some(Some(up))) = (&self.ctrl, uplink) {
+                    c.prefetch_report_then(LampId(*i), &up.report);
+                }
+            }
+            _ => {}
         }
         for ev in self.queue.late_after_next() {
             self.prefetch_event(ev);

@@ -213,6 +213,15 @@ impl<T: Copy> EventQueue<T> {
         Some(&self.current[k].item)
     }
 
+    /// The item that comes out next, if the ring need not turn for it (for prefetching).
+    pub fn peek_item(&self) -> Option<&T> {
+        if self.next_is_late_now()? {
+            self.late.peek().map(|e| &e.item)
+        } else {
+            self.current.last().map(|e| &e.item)
+        }
+    }
+
     /// The items that may come out of the late heap after its next one (the root's
     /// children): a guess for prefetching, like [`EventQueue::ahead`].
     pub fn late_after_next(&self) -> impl Iterator<Item = &T> {
