@@ -83,7 +83,7 @@ impl Adjacency {
 
     /// Lamp `i`'s neighbours, nearest first.
     pub fn of(&self, i: usize) -> &[u32] {
-        &self.ids[self.start[i] as usize..self.start[i + 1] as usize]
+        self.get(i).expect("a lamp of the core")
     }
 }
 
