@@ -5,23 +5,40 @@
 //! (packets and wake-ups; road users come from their own stream, `traffic.rs`); one binary
 //! heap spends most of its time moving items through cache misses. Nearly every event lands
 //! within the next few minutes (a packet, a node's next wake-up), so the queue is a
-//! calendar: a ring of buckets covering the near future, each an unsorted `Vec` until its
-//! turn comes, when it is sorted once and served from its end. Items pushed into the
-//! bucket being served (most packets: they arrive within a second or so) wait in a small
-//! heap beside it; items beyond the ring wait in an overflow heap and move into the ring as
-//! it turns.
+//! calendar of two levels:
 //!
-//! Buckets are 4 s wide. Narrower ones scatter the pushes over more `Vec`s, each a cache
-//! miss: on paired runs of Cambridge's adaptive day (one core each), 1 s buckets took about
-//! 9 % longer than 4 s ones and 250 ms buckets 18 % longer; 16 s buckets were no faster.
+//! - a ring of buckets covering the near future, each an unsorted `Vec` until its turn;
+//! - the bucket being served, split into slots of [`SLOT_MS`], again unsorted `Vec`s. A
+//!   slot is sorted when `current` runs short, and its items join `current`, which is
+//!   served from its end.
+//!
+//! Most packets arrive within 50 to 200 ms, inside the bucket being served: they go straight
+//! into its slots. Only an item pushed for a slot already taken into `current` (a wake-up
+//! due at once, say) waits in a small heap beside it. Before the slots, every such packet
+//! went through that heap, and its pops (unpredictable branches at each level) were a
+//! tenth of a run. Items beyond the ring wait in an overflow heap and move into the ring
+//! as it turns.
+//!
+//! Buckets are about 4 s wide. Narrower ones scatter the pushes beyond the bucket being
+//! served over more `Vec`s, each a cache miss: on paired runs of Cambridge's adaptive day
+//! (one core each), 1 s buckets took about 9 % longer than 4 s ones and 250 ms buckets 18 %
+//! longer; 16 s buckets were no faster. The slots are few enough (256) for their ends to
+//! stay in the cache.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-/// Width of one bucket.
-const BUCKET_MS: u64 = 4000;
-/// Buckets in the ring (a power of two): 2^9 x 4 s, about 34 minutes ahead.
+/// Width of one slot of the bucket being served.
+const SLOT_MS: u64 = 16;
+/// Slots in a bucket (a power of two).
+const SLOTS: usize = 1 << 8;
+/// Width of one bucket: 4,096 ms.
+const BUCKET_MS: u64 = SLOT_MS * SLOTS as u64;
+/// Buckets in the ring (a power of two): 2^9 x 4.096 s, about 35 minutes ahead.
 const RING: usize = 1 << 9;
+/// Slots are taken into `current` until it holds this many items (or the bucket's slots
+/// run out), so that [`EventQueue::ahead`] sees the items a prefetch needs.
+const AHEAD_MIN: usize = 4;
 
 #[derive(Clone, Copy)]
 struct Entry<T> {
@@ -32,7 +49,7 @@ struct Entry<T> {
 
 impl<T> Entry<T> {
     /// Whether this entry comes out before `o`: by time, then push order. The one order of
-    /// the queue; `Ord` (for the overflow heap) is its reverse.
+    /// the queue; `Ord` (for the overflow heap and sorting a slot) is its reverse.
     fn before(&self, o: &Self) -> bool {
         (self.t, self.seq) < (o.t, o.seq)
     }
@@ -40,8 +57,8 @@ impl<T> Entry<T> {
 
 /// A binary min-heap of entries by (time, sequence), for the late items. `std`'s
 /// `BinaryHeap::pop` writes the last item over the root and reads it straight back, a
-/// store-to-load of a 32-byte entry that the CPU cannot forward: a stall on every pop, 9 %
-/// of a run loop's samples. Here the last item stays in registers until it lands.
+/// store-to-load of a 32-byte entry that the CPU cannot forward: a stall on every pop.
+/// Here the last item stays in registers until it lands.
 struct LateHeap<T> {
     data: Vec<Entry<T>>,
 }
@@ -123,13 +140,23 @@ impl<T> Ord for Entry<T> {
 }
 
 /// A time-ordered queue; see the module docs.
+///
+/// Slots are numbered from `origin_ms` across buckets: slot `s` is in bucket `s / SLOTS`.
+/// Every item of a slot before `next_slot` is in `current` or `late`, and every other item
+/// is in a later slot, so the earliest item is the earlier of `current`'s last and
+/// `late`'s root.
 pub(crate) struct EventQueue<T> {
     origin_ms: u64,
     /// The bucket being served (absolute index from `origin_ms`).
     cursor: u64,
-    /// Its items, latest first: the next one is at the end.
+    /// The first slot not yet taken into `current`; at least the first of the bucket being
+    /// served, at most the first of the next.
+    next_slot: u64,
+    /// The untaken slots of the bucket being served: slot s is `slots[s % SLOTS]`.
+    slots: Vec<Vec<Entry<T>>>,
+    /// Items of the taken slots, latest first: the next one is at the end.
     current: Vec<Entry<T>>,
-    /// Items pushed for the bucket being served (or before it) after it was sorted.
+    /// Items pushed for a taken slot (or before it) after it was taken.
     late: LateHeap<T>,
     /// Bucket b (for cursor < b < cursor + RING) is `ring[b % RING]`.
     ring: Vec<Vec<Entry<T>>>,
@@ -144,6 +171,8 @@ impl<T: Copy> EventQueue<T> {
         EventQueue {
             origin_ms,
             cursor: 0,
+            next_slot: 0,
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
             current: Vec::new(),
             late: LateHeap { data: Vec::new() },
             ring: (0..RING).map(|_| Vec::new()).collect(),
@@ -153,8 +182,17 @@ impl<T: Copy> EventQueue<T> {
         }
     }
 
+    fn slot(&self, t: u64) -> u64 {
+        t.saturating_sub(self.origin_ms) / SLOT_MS
+    }
+
     fn bucket(&self, t: u64) -> u64 {
         t.saturating_sub(self.origin_ms) / BUCKET_MS
+    }
+
+    /// The first slot of the bucket after the one being served.
+    fn slots_end(&self) -> u64 {
+        (self.cursor + 1) * SLOTS as u64
     }
 
     // Inlined with `place` and the late heap's push, so that an entry is written where it
@@ -174,11 +212,22 @@ impl<T: Copy> EventQueue<T> {
 
     #[inline(always)]
     fn place(&mut self, entry: Entry<T>) {
-        let b = self.bucket(entry.t);
-        if b <= self.cursor {
-            // Due in the bucket being served (or, pushed into the past, at once).
+        let s = self.slot(entry.t);
+        if s < self.next_slot {
+            // Due in a slot already taken (or, pushed into the past, at once).
             self.late.push(entry);
-        } else if b < self.cursor + RING as u64 {
+        } else if s < self.slots_end() {
+            self.slots[(s % SLOTS as u64) as usize].push(entry);
+        } else {
+            self.place_beyond(entry);
+        }
+    }
+
+    /// [`EventQueue::place`] for an entry beyond the bucket being served.
+    #[inline(always)]
+    fn place_beyond(&mut self, entry: Entry<T>) {
+        let b = self.bucket(entry.t);
+        if b < self.cursor + RING as u64 {
             self.ring[(b % RING as u64) as usize].push(entry);
             self.in_ring += 1;
         } else {
@@ -205,15 +254,14 @@ impl<T: Copy> EventQueue<T> {
         })
     }
 
-    /// The item `d` places after the next among the sorted items of the bucket being served
-    /// (the late heap is not looked at): a guess for prefetching, not always what pops `d`
-    /// items later.
+    /// The item `d` places after the next in `current` (the late heap is not looked at): a
+    /// guess for prefetching, not always what pops `d` items later.
     pub fn ahead(&self, d: usize) -> Option<&T> {
         let k = self.current.len().checked_sub(1 + d)?;
         Some(&self.current[k].item)
     }
 
-    /// The item that comes out next, if the ring need not turn for it (for prefetching).
+    /// The item that comes out next, if no slot need be taken for it (for prefetching).
     pub fn peek_item(&self) -> Option<&T> {
         if self.next_is_late_now()? {
             self.late.peek().map(|e| &e.item)
@@ -228,11 +276,14 @@ impl<T: Copy> EventQueue<T> {
         self.late.data.iter().skip(1).take(2).map(|e| &e.item)
     }
 
-    /// Turns the ring until the earliest item is in `current` or `late`, and says which
-    /// (None: the queue is empty).
+    /// Takes slots into `current` while it runs short, then turns the ring if nothing is
+    /// left before it, and says where the earliest item is (None: the queue is empty).
     #[inline]
     fn next_is_late(&mut self) -> Option<bool> {
-        // Every peek and pop comes here; the ring turns once a bucket, apart.
+        // Every peek and pop comes here; a slot is taken every few pops, apart.
+        if self.current.len() < AHEAD_MIN && self.next_slot < self.slots_end() {
+            self.take_slots();
+        }
         self.next_is_late_now().or_else(|| self.turn())
     }
 
@@ -247,8 +298,30 @@ impl<T: Copy> EventQueue<T> {
         }
     }
 
-    /// [`EventQueue::next_is_late`] with `current` and `late` empty: turns the ring to the
-    /// next items.
+    /// Takes the next slots of the bucket being served into `current`, sorted, until it
+    /// holds [`AHEAD_MIN`] items or the bucket's slots run out.
+    #[inline(never)]
+    fn take_slots(&mut self) {
+        let end = self.slots_end();
+        while self.current.len() < AHEAD_MIN && self.next_slot < end {
+            let k = (self.next_slot % SLOTS as u64) as usize;
+            self.next_slot += 1;
+            if self.slots[k].is_empty() {
+                continue;
+            }
+            let mut taken = std::mem::take(&mut self.slots[k]);
+            // Latest first; (t, seq) is unique, so an unstable sort is exact.
+            taken.sort_unstable();
+            // What is left in `current` comes before the slot: it goes at the end.
+            taken.extend_from_slice(&self.current);
+            self.current.clear();
+            // The slot keeps `current`'s old room for its next turn.
+            self.slots[k] = std::mem::replace(&mut self.current, taken);
+        }
+    }
+
+    /// [`EventQueue::next_is_late`] with `current`, `late` and the bucket's slots empty:
+    /// turns the ring to the next items.
     #[cold]
     #[inline(never)]
     fn turn(&mut self) -> Option<bool> {
@@ -259,22 +332,28 @@ impl<T: Copy> EventQueue<T> {
                 self.cursor = next.max(self.cursor + 1) - 1;
             }
             self.advance();
+            self.take_slots();
             if let Some(late) = self.next_is_late_now() {
                 return Some(late);
             }
         }
     }
 
-    /// Serves the next bucket: its items, sorted, become the current ones, and items from
-    /// the overflow that the ring now reaches move in.
+    /// Serves the next bucket: its items go into their slots, and items from the overflow
+    /// that the ring now reaches move in.
     fn advance(&mut self) {
-        self.cursor += 1;
-        let slot = (self.cursor % RING as u64) as usize;
         debug_assert!(self.current.is_empty() && self.late.is_empty());
-        std::mem::swap(&mut self.current, &mut self.ring[slot]);
-        self.in_ring -= self.current.len();
-        // Latest first; (t, seq) is unique, so an unstable sort is exact.
-        self.current.sort_unstable();
+        self.cursor += 1;
+        self.next_slot = self.cursor * SLOTS as u64;
+        let k = (self.cursor % RING as u64) as usize;
+        let mut bucket = std::mem::take(&mut self.ring[k]);
+        self.in_ring -= bucket.len();
+        for e in bucket.drain(..) {
+            let s = (self.slot(e.t) % SLOTS as u64) as usize;
+            self.slots[s].push(e);
+        }
+        // The bucket keeps its room for its next turn.
+        self.ring[k] = bucket;
         let horizon = self.cursor + RING as u64;
         while self
             .overflow
@@ -342,7 +421,7 @@ mod tests {
         /// (time, push order): the order a run's determinism rests on.
         #[test]
         fn pops_in_the_order_of_one_heap(
-            ops in proptest::collection::vec((0u64..4_000_000, 0u8..5), 1..600),
+            ops in proptest::collection::vec((0u64..4_000_000, 0u8..6), 1..600),
         ) {
             let mut q = EventQueue::new(1_000);
             let mut reference = BinaryHeap::new();
@@ -364,10 +443,11 @@ mod tests {
                     prop_assert_eq!(q.peek_t(), reference.peek().map(|e| e.t));
                 } else {
                     // Mostly near the present, sometimes far beyond the ring, sometimes at
-                    // the very same instant.
+                    // the very same instant or within a slot or two of it.
                     let t = match op {
                         1 => now + dt % 5_000,
                         2 => now + dt * 1_000,
+                        5 => now + dt % 40,
                         _ => now,
                     };
                     seq += 1;
