@@ -156,6 +156,8 @@ pub(crate) struct EventQueue<T> {
     slots: Vec<Vec<Entry<T>>>,
     /// Items of the taken slots, latest first: the next one is at the end.
     current: Vec<Entry<T>>,
+    /// Room for sorting a slot, kept between slots.
+    spare: Vec<Entry<T>>,
     /// Items pushed for a taken slot (or before it) after it was taken.
     late: LateHeap<T>,
     /// Bucket b (for cursor < b < cursor + RING) is `ring[b % RING]`.
@@ -174,6 +176,7 @@ impl<T: Copy> EventQueue<T> {
             next_slot: 0,
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
             current: Vec::new(),
+            spare: Vec::new(),
             late: LateHeap { data: Vec::new() },
             ring: (0..RING).map(|_| Vec::new()).collect(),
             in_ring: 0,
@@ -310,13 +313,44 @@ impl<T: Copy> EventQueue<T> {
                 continue;
             }
             let mut taken = std::mem::take(&mut self.slots[k]);
-            // Latest first; (t, seq) is unique, so an unstable sort is exact.
-            taken.sort_unstable();
+            let mut sorted = std::mem::take(&mut self.spare);
+            self.sort_slot(&taken, &mut sorted);
             // What is left in `current` comes before the slot: it goes at the end.
-            taken.extend_from_slice(&self.current);
+            sorted.extend_from_slice(&self.current);
             self.current.clear();
-            // The slot keeps `current`'s old room for its next turn.
-            self.slots[k] = std::mem::replace(&mut self.current, taken);
+            taken.clear();
+            // The three buffers go round, keeping their room.
+            self.slots[k] = std::mem::replace(&mut self.current, sorted);
+            self.spare = taken;
+        }
+    }
+
+    /// Puts a slot's items into `out` latest first, by a counting sort on their
+    /// millisecond within the slot. Items of a slot with the same time are in push order
+    /// (pushes append, and a bucket's items reach their slots in the order they came, those
+    /// from the overflow first and in order), so taking them last to first within each
+    /// millisecond gives exactly the reverse of (time, sequence). A comparison sort of the
+    /// slots was 4 % of a run.
+    fn sort_slot(&self, items: &[Entry<T>], out: &mut Vec<Entry<T>>) {
+        let ms = |e: &Entry<T>| (e.t.saturating_sub(self.origin_ms) % SLOT_MS) as usize;
+        out.clear();
+        if let [only] = items {
+            out.push(*only);
+            return;
+        }
+        let mut starts = [0usize; SLOT_MS as usize];
+        for e in items {
+            starts[ms(e)] += 1;
+        }
+        let mut next = 0;
+        for s in starts.iter_mut().rev() {
+            (*s, next) = (next, next + *s);
+        }
+        out.resize(items.len(), items[0]);
+        for e in items.iter().rev() {
+            let m = ms(e);
+            out[starts[m]] = *e;
+            starts[m] += 1;
         }
     }
 
