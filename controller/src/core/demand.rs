@@ -111,12 +111,15 @@ pub(crate) struct ZoneState {
     /// Boxed: they are read once an interval, while the rest is read on every report, and
     /// inline they made a zone 2.5 kB, a cache miss or two for each report.
     forecasters: Box<[Forecaster; 3]>,
+    /// Whether the forecasters learn (see `ControllerConfig::forecast_every_zone`); with
+    /// them idle, the zone has no forecast.
+    pub forecasting: bool,
     forecast: Option<TotalForecast>,
     selector: ClassSelector,
 }
 
 impl ZoneState {
-    pub fn new(road: ZoneRoad, policy: &PolicyConfig) -> ZoneState {
+    pub fn new(road: ZoneRoad, policy: &PolicyConfig, forecasting: bool) -> ZoneState {
         let model = Forecaster::new(ForecasterConfig::for_step(policy.interval_s));
         ZoneState {
             road,
@@ -128,6 +131,7 @@ impl ZoneState {
             last_report: None,
             last_rates: None,
             forecasters: Box::new([model.clone(), model.clone(), model]),
+            forecasting,
             forecast: None,
             selector: ClassSelector::default(),
         }
@@ -173,10 +177,12 @@ impl ZoneState {
         });
         let start_local_s =
             (index * Self::interval_ms(policy) / 1000) as i64 + policy.utc_offset_min as i64 * 60;
-        for (k, f) in self.forecasters.iter_mut().enumerate() {
-            f.update(start_local_s, rates.map(|r| r[k]));
+        if self.forecasting {
+            for (k, f) in self.forecasters.iter_mut().enumerate() {
+                f.update(start_local_s, rates.map(|r| r[k]));
+            }
+            self.forecast = self.total_forecast(policy);
         }
-        self.forecast = self.total_forecast(policy);
         self.last_rates = rates;
         self.prev_reporters = self.reporters;
         self.reporters = 0;

@@ -86,6 +86,10 @@ pub struct ControllerConfig {
     pub faults: crate::faults::FaultConfig,
     /// What a kWh costs in money and carbon, for the energy figures (`[controller.tariff]`).
     pub tariff: crate::store::Tariff,
+    /// Forecast every zone's demand, for the dashboard. When false, only the zones whose
+    /// policy acts on the forecast (`adaptive`) forecast: a planning run sets it so, since
+    /// it has no dashboard and the forecasters were a tenth of its time.
+    pub forecast_every_zone: bool,
 }
 
 impl Default for ControllerConfig {
@@ -100,6 +104,7 @@ impl Default for ControllerConfig {
             zones: Vec::new(),
             faults: crate::faults::FaultConfig::default(),
             tariff: crate::store::Tariff::default(),
+            forecast_every_zone: true,
         }
     }
 }
@@ -153,6 +158,12 @@ impl ControllerConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether a zone under `policy` forecasts its demand (see
+    /// [`ControllerConfig::forecast_every_zone`]).
+    pub fn forecasts(&self, policy: &PolicyConfig) -> bool {
+        self.forecast_every_zone || policy.adaptive
     }
 
     /// The road of a tenant's zone: its own entry, else the entry for every tenant, else
@@ -457,7 +468,8 @@ impl ControllerCore {
                 let key = (node.tenant.clone(), node.zone);
                 let zone = *zone_index.entry(key).or_insert_with(|| {
                     let road = config.zone_road(&node.tenant, node.zone);
-                    zones.push(ZoneState::new(road, &config.policy));
+                    let forecasting = config.forecasts(&config.policy);
+                    zones.push(ZoneState::new(road, &config.policy, forecasting));
                     zones.len() - 1
                 });
                 zones[zone].lamps.push(i);
@@ -848,6 +860,7 @@ impl ControllerCore {
         p.ramp_down_ms = settings.ramp_down_ms;
         p.validate().map_err(ZoneSettingsError::Policy)?;
         self.zones[z].road.design_class = settings.design_class;
+        self.zones[z].forecasting = self.config.forecasts(&p);
         self.zone_policies.insert(z, p);
         self.decide_zone(now, z);
         Ok(self.zones[z].lamps.len())

@@ -550,6 +550,39 @@ fn the_forecast_brightens_ahead_of_a_daily_peak() {
     assert!(events.contains(&Reason::Forecast));
 }
 
+/// Every zone forecasts for the dashboard by default. A core told to forecast only where a
+/// policy acts on it (a planning run's) has no forecast under `reactive`, until the zone is
+/// switched to `adaptive`.
+#[test]
+fn zones_forecast_for_the_dashboard_or_only_where_the_policy_uses_it() {
+    let forecast_after_an_hour = |forecast_every_zone: bool, switch_to_adaptive: bool| {
+        let config = ControllerConfig {
+            forecast_every_zone,
+            ..core_on_m3(PolicyConfig::named("reactive").unwrap(), 1)
+                .config()
+                .clone()
+        };
+        let mut c = ControllerCore::new(config, vec![node(0)]).unwrap();
+        if switch_to_adaptive {
+            let mut s = c.zone_settings(&tenant(), ZoneId(0)).unwrap();
+            s.policy = "adaptive".into();
+            c.set_zone_settings(NIGHT, &tenant(), ZoneId(0), &s)
+                .unwrap();
+        }
+        let mut fcnt = vec![0; 1];
+        let mut t = NIGHT;
+        while t < NIGHT.plus_ms(60 * MIN) {
+            send(&mut c, &mut fcnt, 0, t, pedestrians(20));
+            c.handle_tick(t);
+            t = t.plus_ms(5 * MIN);
+        }
+        zone0(&c, t).demand.forecast_per_h
+    };
+    assert!(forecast_after_an_hour(true, false).is_some_and(|f| f > 0.0));
+    assert_eq!(forecast_after_an_hour(false, false), None);
+    assert!(forecast_after_an_hour(false, true).is_some_and(|f| f > 0.0));
+}
+
 #[test]
 fn demand_unknown_for_too_long_falls_back_to_the_fail_safe_floor() {
     let mut c = adaptive_core(2);
