@@ -112,7 +112,7 @@ fn an_opened_report_counts_as_its_frame_would_under_the_same_counter_rule() {
         let (t, f) = uplink(&node(4), k as u32, &r);
         assert_eq!(by_frame.handle_uplink(at, &t, &f), Ok(LampId(4)));
         assert_eq!(
-            by_report.handle_report(at, LampId(4), k as u32, r),
+            by_report.handle_report(at, LampId(4), k as u32, &r),
             Ok(LampId(4))
         );
     }
@@ -137,11 +137,11 @@ fn an_opened_report_counts_as_its_frame_would_under_the_same_counter_rule() {
     // A counter that does not advance is a replay either way; an unknown lamp is refused.
     let r = report(seen, 1020);
     assert_eq!(
-        by_report.handle_report(NIGHT.plus_ms(60_000), LampId(4), 1, r),
+        by_report.handle_report(NIGHT.plus_ms(60_000), LampId(4), 1, &r),
         Err(Rejection::Replay { last: 1, got: 1 })
     );
     assert_eq!(
-        by_report.handle_report(NIGHT.plus_ms(60_000), LampId(99), 0, r),
+        by_report.handle_report(NIGHT.plus_ms(60_000), LampId(99), 0, &r),
         Err(Rejection::UnknownLamp(LampId(99)))
     );
     assert_eq!(by_report.counters().rejected, 2);

@@ -964,22 +964,26 @@ impl<'s, 'a> Sim<'s, 'a> {
             }
             Ev::UpRadio(i, slot, parked) => {
                 if self.radio.as_ref().is_some_and(|r| r.uplink_lost(slot)) {
-                    self.uplinks.take(parked);
+                    self.uplinks.release(parked);
                     self.out.packets_lost += 1;
                     return;
                 }
                 self.handle(now, Ev::Up(i, parked));
             }
             Ev::Up(i, parked) => {
-                let uplink = self.uplinks.take(parked);
                 let Some(c) = self.ctrl.as_mut() else {
+                    self.uplinks.release(parked);
                     self.out.uplinks_unheard += 1;
                     return;
                 };
-                match c.handle_report(UnixMs(now), LampId(i), uplink.fcnt_up, uplink.report) {
+                // Read where it waited: moved out first, it was copied in pieces and read
+                // back whole for the call, a stall on every uplink.
+                let uplink = self.uplinks.get(parked);
+                match c.handle_report(UnixMs(now), LampId(i), uplink.fcnt_up, &uplink.report) {
                     Ok(_) => self.out.uplinks_accepted += 1,
                     Err(_) => self.out.uplinks_rejected += 1,
                 }
+                self.uplinks.release(parked);
                 self.drain_controller(now);
             }
             Ev::Down(i, parked) => {
@@ -1512,13 +1516,25 @@ impl<T> Parked<T> {
         }
     }
 
-    /// The value parked under `k`; each key is taken once.
+    /// The value parked under `k`; each key is taken (or released) once.
     fn take(&mut self, k: u32) -> T {
         let value = self.slots[k as usize]
             .take()
             .expect("a parked value is taken once");
         self.free.push(k);
         value
+    }
+
+    /// The value parked under `k`, left in place.
+    fn get(&self, k: u32) -> &T {
+        self.slots[k as usize]
+            .as_ref()
+            .expect("a parked value is read before it is released")
+    }
+
+    /// Drops the value parked under `k`.
+    fn release(&mut self, k: u32) {
+        self.take(k);
     }
 }
 
