@@ -111,15 +111,16 @@ pub(crate) struct ZoneState {
     /// Boxed: they are read once an interval, while the rest is read on every report, and
     /// inline they made a zone 2.5 kB, a cache miss or two for each report.
     forecasters: Box<[Forecaster; 3]>,
-    /// Whether the forecasters learn (see `ControllerConfig::forecast_every_zone`); with
-    /// them idle, the zone has no forecast.
-    pub forecasting: bool,
+    /// Whether the zone tracks its demand (see `ControllerConfig::demand_every_zone`): if
+    /// not, the core counts nothing into it and its forecasters stay idle, so it has no
+    /// demand, class or forecast.
+    pub tracking: bool,
     forecast: Option<TotalForecast>,
     selector: ClassSelector,
 }
 
 impl ZoneState {
-    pub fn new(road: ZoneRoad, policy: &PolicyConfig, forecasting: bool) -> ZoneState {
+    pub fn new(road: ZoneRoad, policy: &PolicyConfig, tracking: bool) -> ZoneState {
         let model = Forecaster::new(ForecasterConfig::for_step(policy.interval_s));
         ZoneState {
             road,
@@ -131,7 +132,7 @@ impl ZoneState {
             last_report: None,
             last_rates: None,
             forecasters: Box::new([model.clone(), model.clone(), model]),
-            forecasting,
+            tracking,
             forecast: None,
             selector: ClassSelector::default(),
         }
@@ -177,7 +178,7 @@ impl ZoneState {
         });
         let start_local_s =
             (index * Self::interval_ms(policy) / 1000) as i64 + policy.utc_offset_min as i64 * 60;
-        if self.forecasting {
+        if self.tracking {
             for (k, f) in self.forecasters.iter_mut().enumerate() {
                 f.update(start_local_s, rates.map(|r| r[k]));
             }

@@ -86,10 +86,11 @@ pub struct ControllerConfig {
     pub faults: crate::faults::FaultConfig,
     /// What a kWh costs in money and carbon, for the energy figures (`[controller.tariff]`).
     pub tariff: crate::store::Tariff,
-    /// Forecast every zone's demand, for the dashboard. When false, only the zones whose
-    /// policy acts on the forecast (`adaptive`) forecast: a planning run sets it so, since
-    /// it has no dashboard and the forecasters were a tenth of its time.
-    pub forecast_every_zone: bool,
+    /// Track every zone's demand (presence per interval, the class it allows, the
+    /// forecast), for the dashboard. When false, only the zones whose policy acts on demand
+    /// (`adaptive`) track it: a planning run sets it so, since it has no dashboard, and
+    /// tracking and forecasting were a sixth of its other policies' time.
+    pub demand_every_zone: bool,
 }
 
 impl Default for ControllerConfig {
@@ -104,7 +105,7 @@ impl Default for ControllerConfig {
             zones: Vec::new(),
             faults: crate::faults::FaultConfig::default(),
             tariff: crate::store::Tariff::default(),
-            forecast_every_zone: true,
+            demand_every_zone: true,
         }
     }
 }
@@ -160,10 +161,10 @@ impl ControllerConfig {
         Ok(())
     }
 
-    /// Whether a zone under `policy` forecasts its demand (see
-    /// [`ControllerConfig::forecast_every_zone`]).
-    pub fn forecasts(&self, policy: &PolicyConfig) -> bool {
-        self.forecast_every_zone || policy.adaptive
+    /// Whether a zone under `policy` tracks its demand (see
+    /// [`ControllerConfig::demand_every_zone`]).
+    pub fn tracks_demand(&self, policy: &PolicyConfig) -> bool {
+        self.demand_every_zone || policy.adaptive
     }
 
     /// The road of a tenant's zone: its own entry, else the entry for every tenant, else
@@ -468,8 +469,8 @@ impl ControllerCore {
                 let key = (node.tenant.clone(), node.zone);
                 let zone = *zone_index.entry(key).or_insert_with(|| {
                     let road = config.zone_road(&node.tenant, node.zone);
-                    let forecasting = config.forecasts(&config.policy);
-                    zones.push(ZoneState::new(road, &config.policy, forecasting));
+                    let tracking = config.tracks_demand(&config.policy);
+                    zones.push(ZoneState::new(road, &config.policy, tracking));
                     zones.len() - 1
                 });
                 zones[zone].lamps.push(i);
@@ -734,6 +735,9 @@ impl ControllerCore {
         let policy = &self.config.policy;
         let z = self.lamps[i].zone;
         let zone = &mut self.zones[z];
+        if !zone.tracking {
+            return false;
+        }
         let was_known = zone.demand_known(now, policy);
         let mut changed = zone.advance(now, policy);
         let interval = zone.interval();
@@ -776,7 +780,7 @@ impl ControllerCore {
             class_changed = self
                 .zones
                 .iter_mut()
-                .map(|zone| zone.advance(now, &self.config.policy))
+                .map(|zone| zone.tracking && zone.advance(now, &self.config.policy))
                 .collect();
             self.ticked_interval = Some(interval);
         }
@@ -862,7 +866,7 @@ impl ControllerCore {
         p.ramp_down_ms = settings.ramp_down_ms;
         p.validate().map_err(ZoneSettingsError::Policy)?;
         self.zones[z].road.design_class = settings.design_class;
-        self.zones[z].forecasting = self.config.forecasts(&p);
+        self.zones[z].tracking = self.config.tracks_demand(&p);
         self.zone_policies.insert(z, p);
         self.decide_zone(now, z);
         Ok(self.zones[z].lamps.len())

@@ -550,14 +550,14 @@ fn the_forecast_brightens_ahead_of_a_daily_peak() {
     assert!(events.contains(&Reason::Forecast));
 }
 
-/// Every zone forecasts for the dashboard by default. A core told to forecast only where a
-/// policy acts on it (a planning run's) has no forecast under `reactive`, until the zone is
-/// switched to `adaptive`.
+/// Every zone tracks and forecasts its demand for the dashboard by default. A core told to
+/// track demand only where a policy acts on it (a planning run's) has no demand, class or
+/// forecast under `reactive`, until the zone is switched to `adaptive`.
 #[test]
-fn zones_forecast_for_the_dashboard_or_only_where_the_policy_uses_it() {
-    let forecast_after_an_hour = |forecast_every_zone: bool, switch_to_adaptive: bool| {
+fn zones_track_demand_for_the_dashboard_or_only_where_the_policy_uses_it() {
+    let demand_after_an_hour = |demand_every_zone: bool, switch_to_adaptive: bool| {
         let config = ControllerConfig {
-            forecast_every_zone,
+            demand_every_zone,
             ..core_on_m3(PolicyConfig::named("reactive").unwrap(), 1)
                 .config()
                 .clone()
@@ -576,11 +576,16 @@ fn zones_forecast_for_the_dashboard_or_only_where_the_policy_uses_it() {
             c.handle_tick(t);
             t = t.plus_ms(5 * MIN);
         }
-        zone0(&c, t).demand.forecast_per_h
+        let d = zone0(&c, t).demand;
+        (d.demand_per_h, d.class, d.forecast_per_h)
     };
-    assert!(forecast_after_an_hour(true, false).is_some_and(|f| f > 0.0));
-    assert_eq!(forecast_after_an_hour(false, false), None);
-    assert!(forecast_after_an_hour(false, true).is_some_and(|f| f > 0.0));
+    for (every_zone, adaptive) in [(true, false), (false, true)] {
+        let (demand, class, forecast) = demand_after_an_hour(every_zone, adaptive);
+        assert!(demand.is_some_and(|d| d > 0.0), "{every_zone} {adaptive}");
+        assert!(class.is_some(), "{every_zone} {adaptive}");
+        assert!(forecast.is_some_and(|f| f > 0.0), "{every_zone} {adaptive}");
+    }
+    assert_eq!(demand_after_an_hour(false, false), (None, None, None));
 }
 
 #[test]

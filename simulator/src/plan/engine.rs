@@ -1561,8 +1561,8 @@ impl Shared<'_> {
                     capacity_per_h: z.capacity_per_h,
                 })
                 .collect(),
-            // No dashboard reads a run's forecasts: only a policy that acts on them needs them.
-            forecast_every_zone: false,
+            // No dashboard reads a run's demand: only a policy that acts on it needs it.
+            demand_every_zone: false,
             ..ControllerConfig::default()
         }
     }
