@@ -36,6 +36,10 @@ const SLOTS: usize = 1 << 8;
 const BUCKET_MS: u64 = SLOT_MS * SLOTS as u64;
 /// Buckets in the ring (a power of two): 2^9 x 4.096 s, about 35 minutes ahead.
 const RING: usize = 1 << 9;
+/// A slot or bucket keeps the room it grew to for its next turn, up to this many items.
+/// Bursts (a refresh to every lamp at the same tick, dusk) grow a few of them to thousands,
+/// and kept, that room added up to tens of megabytes a run.
+const ROOM_KEPT: usize = 1024;
 /// Slots are taken into `current` until it holds this many items (or the bucket's slots
 /// run out), so that [`EventQueue::ahead`] sees the items a prefetch needs.
 const AHEAD_MIN: usize = 4;
@@ -317,11 +321,14 @@ impl<T: Copy> EventQueue<T> {
             self.sort_slot(&taken, &mut sorted);
             // What is left in `current` comes before the slot: it goes at the end.
             sorted.extend_from_slice(&self.current);
-            self.current.clear();
+            // The slot keeps its own room, unless a burst made it large; `current` and
+            // `spare` swap theirs.
             taken.clear();
-            // The three buffers go round, keeping their room.
-            self.slots[k] = std::mem::replace(&mut self.current, sorted);
-            self.spare = taken;
+            if taken.capacity() <= ROOM_KEPT {
+                self.slots[k] = taken;
+            }
+            self.current.clear();
+            self.spare = std::mem::replace(&mut self.current, sorted);
         }
     }
 
@@ -386,8 +393,10 @@ impl<T: Copy> EventQueue<T> {
             let s = (self.slot(e.t) % SLOTS as u64) as usize;
             self.slots[s].push(e);
         }
-        // The bucket keeps its room for its next turn.
-        self.ring[k] = bucket;
+        // The bucket keeps its room for its next turn, unless a burst made it large.
+        if bucket.capacity() <= ROOM_KEPT {
+            self.ring[k] = bucket;
+        }
         let horizon = self.cursor + RING as u64;
         while self
             .overflow
