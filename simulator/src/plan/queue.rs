@@ -36,10 +36,12 @@ const SLOTS: usize = 1 << 8;
 const BUCKET_MS: u64 = SLOT_MS * SLOTS as u64;
 /// Buckets in the ring (a power of two): 2^9 x 4.096 s, about 35 minutes ahead.
 const RING: usize = 1 << 9;
-/// A slot or bucket keeps the room it grew to for its next turn, up to this many items.
-/// Bursts (a refresh to every lamp at the same tick, dusk) grow a few of them to thousands,
-/// and kept, that room added up to tens of megabytes a run.
-const ROOM_KEPT: usize = 1024;
+/// A bucket keeps the room it grew to for its next turn up to this many items, a slot up
+/// to [`SLOT_ROOM_KEPT`]. Bursts (a refresh to every lamp at the same tick, dusk) grow some
+/// buckets and every slot in turn to hundreds or thousands of items, and kept, that room
+/// added up to tens of megabytes a run. A slot holds a few items but in a burst.
+const BUCKET_ROOM_KEPT: usize = 1024;
+const SLOT_ROOM_KEPT: usize = 64;
 /// Slots are taken into `current` until it holds this many items (or the bucket's slots
 /// run out), so that [`EventQueue::ahead`] sees the items a prefetch needs.
 const AHEAD_MIN: usize = 4;
@@ -324,7 +326,7 @@ impl<T: Copy> EventQueue<T> {
             // The slot keeps its own room, unless a burst made it large; `current` and
             // `spare` swap theirs.
             taken.clear();
-            if taken.capacity() <= ROOM_KEPT {
+            if taken.capacity() <= SLOT_ROOM_KEPT {
                 self.slots[k] = taken;
             }
             self.current.clear();
@@ -394,7 +396,7 @@ impl<T: Copy> EventQueue<T> {
             self.slots[s].push(e);
         }
         // The bucket keeps its room for its next turn, unless a burst made it large.
-        if bucket.capacity() <= ROOM_KEPT {
+        if bucket.capacity() <= BUCKET_ROOM_KEPT {
             self.ring[k] = bucket;
         }
         let horizon = self.cursor + RING as u64;
