@@ -112,8 +112,8 @@ pub(crate) struct ZoneState {
     /// inline they made a zone 2.5 kB, a cache miss or two for each report.
     forecasters: Box<[Forecaster; 3]>,
     /// Whether the zone tracks its demand (see `ControllerConfig::demand_every_zone`): if
-    /// not, the core counts nothing into it and its forecasters stay idle, so it has no
-    /// demand, class or forecast.
+    /// not, the core neither counts into it nor advances it, so its intervals never end,
+    /// its forecasters stay idle, and it has no demand, class or forecast.
     pub tracking: bool,
     forecast: Option<TotalForecast>,
     selector: ClassSelector,
@@ -178,12 +178,10 @@ impl ZoneState {
         });
         let start_local_s =
             (index * Self::interval_ms(policy) / 1000) as i64 + policy.utc_offset_min as i64 * 60;
-        if self.tracking {
-            for (k, f) in self.forecasters.iter_mut().enumerate() {
-                f.update(start_local_s, rates.map(|r| r[k]));
-            }
-            self.forecast = self.total_forecast(policy);
+        for (k, f) in self.forecasters.iter_mut().enumerate() {
+            f.update(start_local_s, rates.map(|r| r[k]));
         }
+        self.forecast = self.total_forecast(policy);
         self.last_rates = rates;
         self.prev_reporters = self.reporters;
         self.reporters = 0;
