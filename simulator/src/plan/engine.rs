@@ -873,8 +873,7 @@ impl<'s, 'a> Sim<'s, 'a> {
                 }
             }
             Some(Ev::Up(i, parked) | Ev::UpRadio(i, _, parked)) => {
-                let uplink = self.uplinks.slots.get(*parked as usize);
-                if let (Some(c), Some(Some(up))) = (&self.ctrl, uplink) {
+                if let (Some(c), Some(up)) = (&self.ctrl, self.uplinks.get(*parked)) {
                     c.prefetch_report_then(LampId(*i), &up.report);
                 }
             }
@@ -978,7 +977,10 @@ impl<'s, 'a> Sim<'s, 'a> {
                 };
                 // Read where it waited: moved out first, it was copied in pieces and read
                 // back whole for the call, a stall on every uplink.
-                let uplink = self.uplinks.get(parked);
+                let uplink = self
+                    .uplinks
+                    .get(parked)
+                    .expect("an uplink is handled before it is released");
                 match c.handle_report(UnixMs(now), LampId(i), uplink.fcnt_up, &uplink.report) {
                     Ok(_) => self.out.uplinks_accepted += 1,
                     Err(_) => self.out.uplinks_rejected += 1,
@@ -1525,11 +1527,9 @@ impl<T> Parked<T> {
         value
     }
 
-    /// The value parked under `k`, left in place.
-    fn get(&self, k: u32) -> &T {
-        self.slots[k as usize]
-            .as_ref()
-            .expect("a parked value is read before it is released")
+    /// The value parked under `k`, left in place (`None`: none is).
+    fn get(&self, k: u32) -> Option<&T> {
+        self.slots.get(k as usize)?.as_ref()
     }
 
     /// Drops the value parked under `k`.

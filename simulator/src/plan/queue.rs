@@ -55,7 +55,7 @@ struct Entry<T> {
 
 impl<T> Entry<T> {
     /// Whether this entry comes out before `o`: by time, then push order. The one order of
-    /// the queue; `Ord` (for the overflow heap and sorting a slot) is its reverse.
+    /// the queue; `Ord` (for the overflow heap) is its reverse.
     fn before(&self, o: &Self) -> bool {
         (self.t, self.seq) < (o.t, o.seq)
     }
@@ -195,6 +195,11 @@ impl<T: Copy> EventQueue<T> {
         t.saturating_sub(self.origin_ms) / SLOT_MS
     }
 
+    /// Where slot `s` of the bucket being served is kept in `slots`.
+    fn slot_index(s: u64) -> usize {
+        (s % SLOTS as u64) as usize
+    }
+
     fn bucket(&self, t: u64) -> u64 {
         t.saturating_sub(self.origin_ms) / BUCKET_MS
     }
@@ -226,7 +231,7 @@ impl<T: Copy> EventQueue<T> {
             // Due in a slot already taken (or, pushed into the past, at once).
             self.late.push(entry);
         } else if s < self.slots_end() {
-            self.slots[(s % SLOTS as u64) as usize].push(entry);
+            self.slots[Self::slot_index(s)].push(entry);
         } else {
             self.place_beyond(entry);
         }
@@ -313,7 +318,7 @@ impl<T: Copy> EventQueue<T> {
     fn take_slots(&mut self) {
         let end = self.slots_end();
         while self.current.len() < AHEAD_MIN && self.next_slot < end {
-            let k = (self.next_slot % SLOTS as u64) as usize;
+            let k = Self::slot_index(self.next_slot);
             self.next_slot += 1;
             if self.slots[k].is_empty() {
                 continue;
@@ -392,8 +397,8 @@ impl<T: Copy> EventQueue<T> {
         let mut bucket = std::mem::take(&mut self.ring[k]);
         self.in_ring -= bucket.len();
         for e in bucket.drain(..) {
-            let s = (self.slot(e.t) % SLOTS as u64) as usize;
-            self.slots[s].push(e);
+            let k = Self::slot_index(self.slot(e.t));
+            self.slots[k].push(e);
         }
         // The bucket keeps its room for its next turn, unless a burst made it large.
         if bucket.capacity() <= BUCKET_ROOM_KEPT {
