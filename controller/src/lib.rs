@@ -12,6 +12,7 @@
 //!   publishes its commands, hands events to the store and a shared handle to the API.
 
 pub mod core;
+pub mod csv_export;
 pub mod faults;
 pub mod influx;
 pub mod service;

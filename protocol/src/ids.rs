@@ -130,6 +130,12 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether a caller limited to `scope` may see this tenant's lamps, zones and records
+    /// (`None`: an unlimited caller, who sees every tenant). The one place this rule lives.
+    pub fn visible_to(&self, scope: Option<&TenantId>) -> bool {
+        scope.is_none_or(|s| s == self)
+    }
 }
 
 impl fmt::Display for TenantId {
@@ -173,6 +179,11 @@ mod tests {
         assert!("49BE7DFZ".parse::<DevAddr>().is_err());
         assert!("0011223344556677".parse::<DevEui>().is_ok());
         assert!(TenantId::new("leeds").is_ok());
+        let leeds = TenantId::new("leeds").unwrap();
+        let bath = TenantId::new("bath").unwrap();
+        assert!(leeds.visible_to(None));
+        assert!(leeds.visible_to(Some(&leeds)));
+        assert!(!leeds.visible_to(Some(&bath)));
         assert!(TenantId::new("lee/ds").is_err());
         assert!(TenantId::new("").is_err());
         assert!(TenantId::new("Leeds").is_err());
