@@ -279,6 +279,14 @@ pub fn tts_downlink_json(downs: &[Downlink]) -> String {
     serde_json::json!({ "downlinks": downlinks }).to_string()
 }
 
+/// A time as RFC 3339 in UTC to the second, as the networks' JSON spells times:
+/// `2024-12-21T22:15:00Z`.
+pub fn rfc3339(t: lamplighter_protocol::UnixMs) -> String {
+    chrono::DateTime::from_timestamp_millis(t.0 as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// What an event topic of the network carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {

@@ -459,7 +459,7 @@ impl ExternalAdapter {
         let (payload, published) = match self.network.kind {
             NetworkKind::Chirpstack => {
                 let (_, down) = kinds.pop_first()?;
-                let expires = rfc3339(now.plus_ms(self.options.command_expiry_ms));
+                let expires = external::rfc3339(now.plus_ms(self.options.command_expiry_ms));
                 (
                     external::chirpstack_downlink_json(dev_eui, &down, &expires),
                     1,
@@ -484,13 +484,6 @@ impl ExternalAdapter {
             payload: payload.into_bytes(),
         })
     }
-}
-
-/// `2024-12-21T22:15:00Z`.
-fn rfc3339(t: UnixMs) -> String {
-    chrono::DateTime::from_timestamp_millis(t.0 as i64)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// What the link's tasks share.
