@@ -146,6 +146,8 @@ struct Dashboard {
     /// Read-only, for the commands sent to a lamp (the store has no query for them yet).
     commands: Mutex<rusqlite::Connection>,
     roads: Vec<(TenantId, Road)>,
+    /// Links to tenants' own networks: what they refused counts as rejected.
+    external_links: Vec<lamplighter_broker::external_link::LinkHandle>,
 }
 
 /// The commands sent to `lamp` in `[from_ms, to_ms)`, oldest first, the latest `limit`.
@@ -186,7 +188,20 @@ impl Dashboard {
 
 impl LiveSource for Dashboard {
     fn summary(&self, tenant: Option<&TenantId>) -> Summary {
-        self.controller.summary(tenant)
+        let mut s = self.controller.summary(tenant);
+        for link in &self.external_links {
+            let r = link.report();
+            if tenant.is_some_and(|t| t.as_str() != r.tenant) {
+                continue;
+            }
+            for (kind, n) in r.uplinks_refused {
+                s.rejected += n;
+                *s.rejected_by_reason
+                    .entry(lamplighter_broker::external_link::summary_reason(kind))
+                    .or_default() += n;
+            }
+        }
+        s
     }
     fn lamps(&self, tenant: Option<&TenantId>) -> Vec<LampView> {
         self.controller.lamps(tenant)
@@ -195,7 +210,12 @@ impl LiveSource for Dashboard {
         self.controller.zones(tenant)
     }
     fn metrics(&self) -> String {
-        self.controller.prometheus()
+        let mut out = self.controller.prometheus();
+        if !self.external_links.is_empty() {
+            let reports: Vec<_> = self.external_links.iter().map(|l| l.report()).collect();
+            out.push_str(&lamplighter_broker::external_link::prometheus(&reports));
+        }
+        out
     }
     fn now_ms(&self) -> u64 {
         self.controller.now().0
@@ -439,8 +459,9 @@ pub async fn start(
         ),
         None => None,
     };
-    // Links to tenants' own networks listen before the controller sends its first commands.
-    let external_links: Vec<_> = config
+    // Links to tenants' own networks listen before the controller sends its first commands,
+    // and read their networks only once the controller listens.
+    let external_links = config
         .external_networks
         .iter()
         .map(|network| {
@@ -463,9 +484,15 @@ pub async fn start(
                     username: CONTROLLER_USER.into(),
                     password: controller_password.clone(),
                 },
+                lamplighter_broker::external_link::LinkOptions {
+                    state: lamplighter_broker::external_state::ExternalState::open(data_dir)?,
+                    controller_listening: uplinks_subscribed.clone(),
+                    adapter: Default::default(),
+                },
             )
+            .with_context(|| format!("external network of {}", network.tenant))
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     for link in &external_links {
         if !link.wait_subscribed(Duration::from_secs(5)).await {
             tracing::warn!("an external network link is not yet listening for commands");
@@ -496,6 +523,7 @@ pub async fn start(
         history: Mutex::new(Store::open_read_only(data_dir)?),
         commands: Mutex::new(open_store_read_only(data_dir)?),
         roads: config.roads.clone(),
+        external_links: external_links.iter().map(|l| l.handle()).collect(),
     });
     let accounts = Accounts::open(data_dir)?;
     if accounts.users(None)?.is_empty() {

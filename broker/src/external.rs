@@ -8,6 +8,12 @@
 //! with the same keys and sent as the network's JSON command. This module is the pure part:
 //! parsing the networks' JSON (every shape error is a typed [`ExternalError`]) and building
 //! their downlink JSON.
+//!
+//! Joins matter because the network restarts a device's FCnt at 0 in each new session; the
+//! adapter ([`crate::external_link`]) moves its counter window on at each join event.
+//! Downlinks are latest-only: ChirpStack's carry `expiresAt`, so a network never plays back a
+//! stale level after an outage, and The Things Stack's go to `down/replace`, which replaces
+//! the device's whole queue.
 
 use base64::Engine;
 use lamplighter_protocol::lorawan::{self, DataFrame, FCtrl, MType, SessionKeys};
@@ -186,9 +192,41 @@ pub fn parse_uplink(kind: NetworkKind, json: &[u8]) -> Result<ExternalUplink, Ex
     Ok(up)
 }
 
+/// Parses a join event of either network (ChirpStack `event/join`, The Things Stack `join`):
+/// the device that started a new session.
+pub fn parse_join(kind: NetworkKind, json: &[u8]) -> Result<DevEui, ExternalError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct CsJoin {
+        device_info: CsDeviceInfo,
+    }
+    #[derive(Deserialize)]
+    struct TtsJoin {
+        end_device_ids: TtsIds,
+        // Only its presence tells a join message from other shapes.
+        #[allow(dead_code)]
+        join_accept: serde_json::Value,
+    }
+    let shape = |e: serde_json::Error| ExternalError::Shape(e.to_string());
+    match kind {
+        NetworkKind::Chirpstack => {
+            let m: CsJoin = serde_json::from_slice(json).map_err(shape)?;
+            eui(&m.device_info.dev_eui)
+        }
+        NetworkKind::Tts => {
+            let m: TtsJoin = serde_json::from_slice(json).map_err(shape)?;
+            eui(&m.end_device_ids.dev_eui)
+        }
+    }
+}
+
 /// Re-seals an external uplink as a frame of the node's application session.
+///
+/// `fcnt` is the counter in the application session: the network's FCnt plus the device's
+/// session base (see [`crate::external_link`]).
 pub fn seal_uplink(
     up: &ExternalUplink,
+    fcnt: u32,
     dev_addr: DevAddr,
     keys: &SessionKeys,
 ) -> Result<Vec<u8>, lorawan::FrameError> {
@@ -197,7 +235,7 @@ pub fn seal_uplink(
             mtype: MType::UnconfirmedDataUp,
             dev_addr,
             fctrl: FCtrl::default(),
-            fcnt: up.fcnt,
+            fcnt,
             fopts: Vec::new(),
             fport: Some(up.fport),
             frm_payload: up.payload.clone(),
@@ -206,38 +244,104 @@ pub fn seal_uplink(
     )
 }
 
-/// The network's downlink JSON for a decrypted payload.
-pub fn downlink_json(kind: NetworkKind, dev_eui: DevEui, fport: u8, payload: &[u8]) -> String {
-    let data = base64::engine::general_purpose::STANDARD.encode(payload);
-    let v = match kind {
-        NetworkKind::Chirpstack => serde_json::json!({
-            "devEui": dev_eui.to_string().to_ascii_lowercase(),
-            "confirmed": false,
-            "fPort": fport,
-            "data": data,
-        }),
-        NetworkKind::Tts => serde_json::json!({
-            "downlinks": [{ "f_port": fport, "frm_payload": data, "priority": "NORMAL" }]
-        }),
-    };
-    v.to_string()
+/// One downlink for the network: a decrypted payload on a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downlink {
+    pub fport: u8,
+    pub payload: Vec<u8>,
 }
 
-/// Topics of a tenant's external network: (uplink subscription, downlink topic for a device).
-pub fn uplink_filter(kind: NetworkKind, application: &str) -> String {
+/// ChirpStack's command JSON for one downlink; `expires_at` is RFC 3339 (ChirpStack drops
+/// the item from the device's queue after it).
+pub fn chirpstack_downlink_json(dev_eui: DevEui, down: &Downlink, expires_at: &str) -> String {
+    serde_json::json!({
+        "devEui": dev_eui.to_string().to_ascii_lowercase(),
+        "confirmed": false,
+        "fPort": down.fport,
+        "data": base64::engine::general_purpose::STANDARD.encode(&down.payload),
+        "expiresAt": expires_at,
+    })
+    .to_string()
+}
+
+/// The Things Stack's `down/replace` JSON: these downlinks become the device's whole queue.
+pub fn tts_downlink_json(downs: &[Downlink]) -> String {
+    let downlinks: Vec<serde_json::Value> = downs
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "f_port": d.fport,
+                "frm_payload": base64::engine::general_purpose::STANDARD.encode(&d.payload),
+                "priority": "NORMAL",
+            })
+        })
+        .collect();
+    serde_json::json!({ "downlinks": downlinks }).to_string()
+}
+
+/// A time as RFC 3339 in UTC to the second, as the networks' JSON spells times:
+/// `2024-12-21T22:15:00Z`.
+pub fn rfc3339(t: lamplighter_protocol::UnixMs) -> String {
+    chrono::DateTime::from_timestamp_millis(t.0 as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// What an event topic of the network carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Up,
+    Join,
+}
+
+/// The filters to subscribe to on the network's broker: uplinks and joins.
+pub fn uplink_filters(kind: NetworkKind, application: &str) -> [String; 2] {
     match kind {
-        NetworkKind::Chirpstack => format!("application/{application}/device/+/event/up"),
+        NetworkKind::Chirpstack => [
+            format!("application/{application}/device/+/event/up"),
+            format!("application/{application}/device/+/event/join"),
+        ],
         // application is "{app}@{tenant}" for The Things Stack.
-        NetworkKind::Tts => format!("v3/{application}/devices/+/up"),
+        NetworkKind::Tts => [
+            format!("v3/{application}/devices/+/up"),
+            format!("v3/{application}/devices/+/join"),
+        ],
     }
 }
 
+/// The device ID and the event in one of the topics of [`uplink_filters`].
+pub fn parse_event_topic<'t>(
+    kind: NetworkKind,
+    application: &str,
+    topic: &'t str,
+) -> Option<(&'t str, Event)> {
+    let parts: Vec<&str> = topic.split('/').collect();
+    let event = |e: &str| match e {
+        "up" => Some(Event::Up),
+        "join" => Some(Event::Join),
+        _ => None,
+    };
+    match (kind, parts.as_slice()) {
+        (NetworkKind::Chirpstack, ["application", a, "device", id, "event", e])
+            if *a == application =>
+        {
+            Some((id, event(e)?))
+        }
+        (NetworkKind::Tts, ["v3", a, "devices", id, e]) if *a == application => {
+            Some((id, event(e)?))
+        }
+        _ => None,
+    }
+}
+
+/// The topic a downlink for `device` goes to: ChirpStack's command topic (which enqueues),
+/// The Things Stack's `down/replace` (which replaces the queue).
 pub fn downlink_topic(kind: NetworkKind, application: &str, device: &str) -> String {
     match kind {
         NetworkKind::Chirpstack => {
             format!("application/{application}/device/{device}/command/down")
         }
-        NetworkKind::Tts => format!("v3/{application}/devices/{device}/down/push"),
+        NetworkKind::Tts => format!("v3/{application}/devices/{device}/down/replace"),
     }
 }
 
@@ -288,12 +392,50 @@ mod tests {
 
     #[test]
     fn downlink_json_shapes() {
-        let cs = downlink_json(NetworkKind::Chirpstack, DevEui(1), 11, &[1, 2]);
+        let down = Downlink {
+            fport: 11,
+            payload: vec![1, 2],
+        };
+        let cs = chirpstack_downlink_json(DevEui(1), &down, "2024-12-21T22:15:00Z");
         let v: serde_json::Value = serde_json::from_str(&cs).unwrap();
         assert_eq!(v["devEui"], "0000000000000001");
         assert_eq!(v["fPort"], 11);
-        let tts = downlink_json(NetworkKind::Tts, DevEui(1), 11, &[1, 2]);
+        assert_eq!(v["expiresAt"], "2024-12-21T22:15:00Z");
+        let tts = tts_downlink_json(&[down.clone(), down]);
         let v: serde_json::Value = serde_json::from_str(&tts).unwrap();
         assert_eq!(v["downlinks"][0]["frm_payload"], "AQI=");
+        assert_eq!(v["downlinks"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn joins_of_both_networks() {
+        let cs = br#"{"deduplicationId":"x","time":"2024-01-01T00:00:00Z",
+            "deviceInfo":{"tenantId":"t","applicationId":"a","devEui":"0011223344556677"},
+            "devAddr":"01020304"}"#;
+        assert_eq!(
+            parse_join(NetworkKind::Chirpstack, cs).unwrap(),
+            DevEui(0x0011_2233_4455_6677)
+        );
+        let tts = br#"{"end_device_ids":{"device_id":"lamp-1","dev_eui":"0011223344556677"},
+            "join_accept":{"session_key_id":"AYk=","received_at":"2024-01-01T00:00:00Z"}}"#;
+        assert!(parse_join(NetworkKind::Tts, tts).is_ok());
+        // An uplink on a join topic is not a join.
+        let up = br#"{"end_device_ids":{"dev_eui":"0011223344556677"},"uplink_message":{}}"#;
+        assert_eq!(
+            parse_join(NetworkKind::Tts, up).unwrap_err().kind(),
+            "shape"
+        );
+        assert_eq!(
+            parse_event_topic(NetworkKind::Tts, "app@t", "v3/app@t/devices/lamp-1/join"),
+            Some(("lamp-1", Event::Join))
+        );
+        assert_eq!(
+            parse_event_topic(
+                NetworkKind::Chirpstack,
+                "a",
+                "application/a/device/0011223344556677/event/status"
+            ),
+            None
+        );
     }
 }

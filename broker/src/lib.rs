@@ -17,11 +17,13 @@
 //! - [`simgw`]: a simulated gateway speaking real GWMP over UDP (demo, tests, bench).
 //! - [`external`]: councils' existing networks (ChirpStack v4, The Things Stack v3).
 //! - [`external_link`]: a tenant's existing network as the carrier of its frames (MQTT both ways).
+//! - [`external_state`]: what those links remember across restarts (`external.sqlite`).
 
 pub mod bridge;
 pub mod dutycycle;
 pub mod external;
 pub mod external_link;
+pub mod external_state;
 pub mod gateways;
 pub mod gwmp;
 pub mod netserver;
