@@ -9,6 +9,7 @@ mod cli;
 mod end_to_end;
 mod export_half_hourly;
 mod external_network;
+mod field_realities;
 mod influx_sink;
 mod lorawan_cli;
 mod sim_live_udp;
