@@ -22,6 +22,10 @@ pub struct InfluxArgs {
     pub influx_org: Option<String>,
     #[arg(long, requires = "influx_url")]
     pub influx_bucket: Option<String>,
+    /// The most the InfluxDB spool holds while the server is away, MiB (default 256);
+    /// beyond it the oldest points are dropped (they stay in the store).
+    #[arg(long, requires = "influx_url")]
+    pub influx_spool_max_mib: Option<u64>,
 }
 
 impl InfluxArgs {
@@ -33,9 +37,12 @@ impl InfluxArgs {
             anyhow::bail!("--influx-url needs --influx-org and --influx-bucket");
         };
         let token = std::env::var(INFLUX_TOKEN_ENV).unwrap_or_default();
-        InfluxConfig::new(url, org, bucket, &token)
-            .map(Some)
-            .map_err(anyhow::Error::msg)
+        let mut config = InfluxConfig::new(url, org, bucket, &token).map_err(anyhow::Error::msg)?;
+        if let Some(mib) = self.influx_spool_max_mib {
+            anyhow::ensure!(mib > 0, "--influx-spool-max-mib must be positive");
+            config.spool_max_bytes = mib.saturating_mul(1024 * 1024);
+        }
+        Ok(Some(config))
     }
 }
 

@@ -148,6 +148,8 @@ struct Dashboard {
     roads: Vec<(TenantId, Road)>,
     /// Links to tenants' own networks: what they refused counts as rejected.
     external_links: Vec<lamplighter_broker::external_link::LinkHandle>,
+    /// The InfluxDB sink's counters (spool depth), if it runs.
+    influx: Option<Arc<lamplighter_controller::influx::SinkMetrics>>,
 }
 
 /// The commands sent to `lamp` in `[from_ms, to_ms)`, oldest first, the latest `limit`.
@@ -214,6 +216,9 @@ impl LiveSource for Dashboard {
         if !self.external_links.is_empty() {
             let reports: Vec<_> = self.external_links.iter().map(|l| l.report()).collect();
             out.push_str(&lamplighter_broker::external_link::prometheus(&reports));
+        }
+        if let Some(influx) = &self.influx {
+            out.push_str(&influx.prometheus());
         }
         out
     }
@@ -524,6 +529,7 @@ pub async fn start(
         commands: Mutex::new(open_store_read_only(data_dir)?),
         roads: config.roads.clone(),
         external_links: external_links.iter().map(|l| l.handle()).collect(),
+        influx: store_thread.influx_metrics(),
     });
     let accounts = Accounts::open(data_dir)?;
     if accounts.users(None)?.is_empty() {

@@ -41,11 +41,15 @@ struct Mosquitto {
 impl Mosquitto {
     fn start(dir: &Path, port: u16) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
+        // Started as root, Mosquitto becomes user `mosquitto` unless told to stay who it
+        // is; that user could not write its sessions into our temporary folder.
+        let user = Process::new("id").arg("-un").output().unwrap();
+        let user = String::from_utf8_lossy(&user.stdout).trim().to_string();
         std::fs::write(
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nlog_dest none\n",
+                 persistence_location {}/\nlog_dest none\nuser {user}\n",
                 dir.display()
             ),
         )

@@ -23,6 +23,18 @@
 //!
 //! Timestamps are nanoseconds; the small offsets keep two readings (or commands) of one lamp
 //! in the same second two points, and are the same on every resend.
+//!
+//! ## The spool's bound
+//!
+//! An outage of the server must not fill the disk the store lives on. The spool holds at
+//! most [`InfluxConfig::spool_max_bytes`] of line protocol (default
+//! [`DEFAULT_SPOOL_MAX_BYTES`], 256 MiB: about a day of a 10,000-lamp town reporting every
+//! 5 minutes). The sink measures it at most once a second and while it is over the bound
+//! deletes the **oldest** points until it is at 90 % of it, counting them
+//! (`lamplighter_influx_points_dropped_total`) and logging each drop. The readings and
+//! commands themselves stay in the store (the spool is only a copy of them for InfluxDB),
+//! so a gap can be filled later from `lamplighter export`. Depth (bytes and points) is in
+//! `/metrics`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,7 +59,12 @@ pub struct InfluxConfig {
     pub token: String,
     /// Lines per write request.
     pub batch_points: usize,
+    /// The most line protocol the spool holds, bytes; beyond it the oldest points go.
+    pub spool_max_bytes: u64,
 }
+
+/// The spool's default bound: 256 MiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 impl std::fmt::Debug for InfluxConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,6 +72,7 @@ impl std::fmt::Debug for InfluxConfig {
             .field("url", &self.url)
             .field("org", &self.org)
             .field("bucket", &self.bucket)
+            .field("spool_max_bytes", &self.spool_max_bytes)
             .field("token", &"..")
             .finish()
     }
@@ -76,6 +94,7 @@ impl InfluxConfig {
             bucket: bucket.into(),
             token: token.into(),
             batch_points: 5_000,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
         })
     }
 }
@@ -179,6 +198,117 @@ pub struct SinkMetrics {
     pub requests_failed: AtomicU64,
     /// Points waiting in the spool at the last look.
     pub spooled: AtomicU64,
+    /// Bytes of line protocol waiting in the spool at the last look.
+    pub spooled_bytes: AtomicU64,
+    /// The spool's bound, bytes.
+    pub spool_max_bytes: AtomicU64,
+    /// Points deleted unsent because the spool was full, and their bytes.
+    pub points_dropped: AtomicU64,
+    pub bytes_dropped: AtomicU64,
+}
+
+impl SinkMetrics {
+    /// The sink's counters in Prometheus text.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        for (name, kind, help, v) in [
+            (
+                "lamplighter_influx_spool_points",
+                "gauge",
+                "Points waiting in the InfluxDB spool.",
+                &self.spooled,
+            ),
+            (
+                "lamplighter_influx_spool_bytes",
+                "gauge",
+                "Bytes of line protocol waiting in the InfluxDB spool.",
+                &self.spooled_bytes,
+            ),
+            (
+                "lamplighter_influx_spool_max_bytes",
+                "gauge",
+                "The InfluxDB spool's bound; beyond it the oldest points are dropped.",
+                &self.spool_max_bytes,
+            ),
+            (
+                "lamplighter_influx_points_dropped_total",
+                "counter",
+                "Points dropped unsent from the full InfluxDB spool (they stay in the store).",
+                &self.points_dropped,
+            ),
+            (
+                "lamplighter_influx_points_written_total",
+                "counter",
+                "Points the InfluxDB server accepted.",
+                &self.points_written,
+            ),
+            (
+                "lamplighter_influx_requests_failed_total",
+                "counter",
+                "Write requests to the InfluxDB server that failed.",
+                &self.requests_failed,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+}
+
+/// Measures the spool and, if it holds more than `max_bytes`, deletes its oldest points
+/// until it holds at most 90 % of that. Returns the points deleted.
+pub fn bound_spool(
+    conn: &Connection,
+    max_bytes: u64,
+    metrics: &SinkMetrics,
+) -> rusqlite::Result<u64> {
+    metrics.spool_max_bytes.store(max_bytes, Ordering::Relaxed);
+    // octet_length reads the size from the record header, not the line itself.
+    let (points, bytes): (i64, i64) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(octet_length(line)), 0) FROM influx_spool",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let (mut points, mut bytes) = (points as u64, bytes as u64);
+    let mut dropped = 0;
+    if bytes > max_bytes {
+        let to_free = bytes - max_bytes / 10 * 9;
+        let mut freed = 0u64;
+        let mut cut = None;
+        {
+            let mut stmt =
+                conn.prepare("SELECT id, octet_length(line) FROM influx_spool ORDER BY id")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let (id, len): (i64, i64) = (row.get(0)?, row.get(1)?);
+                freed += len as u64;
+                dropped += 1;
+                cut = Some(id);
+                if freed >= to_free {
+                    break;
+                }
+            }
+        }
+        if let Some(cut) = cut {
+            conn.execute("DELETE FROM influx_spool WHERE id <= ?1", params![cut])?;
+            metrics.points_dropped.fetch_add(dropped, Ordering::Relaxed);
+            metrics.bytes_dropped.fetch_add(freed, Ordering::Relaxed);
+            tracing::warn!(
+                points = dropped,
+                bytes = freed,
+                max_bytes,
+                "influx sink: spool full; dropped its oldest points (they stay in the store)"
+            );
+            points -= dropped;
+            bytes -= freed.min(bytes);
+        }
+    }
+    metrics.spooled.store(points, Ordering::Relaxed);
+    metrics.spooled_bytes.store(bytes, Ordering::Relaxed);
+    Ok(dropped)
 }
 
 /// The running sink thread.
@@ -274,6 +404,7 @@ fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<Si
     };
     let mut backoff = Duration::from_millis(500);
     let mut outage_since: Option<Instant> = None;
+    let mut bound_checked: Option<Instant> = None;
     // Set once a stop is asked for: the spool is drained until then.
     let mut drain_until: Option<Instant> = None;
     loop {
@@ -281,6 +412,12 @@ fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<Si
             let until = *drain_until.get_or_insert_with(|| Instant::now() + STOP_DRAIN);
             if Instant::now() >= until {
                 break;
+            }
+        }
+        if bound_checked.is_none_or(|t| t.elapsed() >= SPOOL_CHECK_EVERY) {
+            bound_checked = Some(Instant::now());
+            if let Err(e) = bound_spool(&conn, config.spool_max_bytes, &metrics) {
+                tracing::error!(error = %e, "influx sink: cannot measure the spool");
             }
         }
         let batch: rusqlite::Result<Vec<(i64, String)>> = (|| {
@@ -303,6 +440,7 @@ fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<Si
         };
         if batch.is_empty() {
             metrics.spooled.store(0, Ordering::Relaxed);
+            metrics.spooled_bytes.store(0, Ordering::Relaxed);
             if drain_until.is_some() {
                 break;
             }
@@ -376,6 +514,9 @@ fn run(db: PathBuf, config: InfluxConfig, stop: Arc<AtomicBool>, metrics: Arc<Si
     }
 }
 
+/// How often the sink measures the spool against its bound.
+const SPOOL_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// How long one write may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -391,5 +532,99 @@ fn fail(metrics: &SinkMetrics, outage_since: &mut Option<Instant>, error: &str) 
             error,
             "influx sink: write failed; points stay spooled on disk, retrying with backoff"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool(dir: &Path) -> Connection {
+        let c = Connection::open(dir.join("spool.sqlite")).unwrap();
+        c.execute_batch("CREATE TABLE influx_spool (id INTEGER PRIMARY KEY, line TEXT NOT NULL);")
+            .unwrap();
+        c
+    }
+
+    fn fill(c: &Connection, from: usize, n: usize) {
+        for i in from..from + n {
+            // 100 bytes a line.
+            c.execute(
+                "INSERT INTO influx_spool (line) VALUES (?1)",
+                params![format!("reading,lamp={i:06} x=1i {:>75}", i)],
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_full_spool_drops_its_oldest_points_to_ninety_percent() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = spool(dir.path());
+        fill(&c, 0, 100);
+        let m = SinkMetrics::default();
+        assert_eq!(bound_spool(&c, 10_000, &m).unwrap(), 0);
+        assert_eq!(m.spooled_bytes.load(Ordering::Relaxed), 10_000);
+        fill(&c, 100, 1);
+        assert_eq!(bound_spool(&c, 10_000, &m).unwrap(), 11);
+        let first: i64 = c
+            .query_row("SELECT MIN(id) FROM influx_spool", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(first, 12, "the oldest went");
+        assert_eq!(m.spooled.load(Ordering::Relaxed), 90);
+        assert_eq!(m.spooled_bytes.load(Ordering::Relaxed), 9_000);
+        assert_eq!(m.points_dropped.load(Ordering::Relaxed), 11);
+        let text = m.prometheus();
+        assert!(
+            text.contains("lamplighter_influx_spool_bytes 9000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lamplighter_influx_points_dropped_total 11"),
+            "{text}"
+        );
+    }
+
+    /// The running sink, its server away (nothing listens on the port), keeps the spool
+    /// within its bound while points keep coming.
+    #[test]
+    fn the_sink_keeps_the_spool_bounded_while_the_server_is_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = spool(dir.path());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config =
+            InfluxConfig::new(&format!("http://127.0.0.1:{port}"), "o", "b", "").unwrap();
+        config.spool_max_bytes = 20_000;
+        let sink = Sink::start(&dir.path().join("spool.sqlite"), config).unwrap();
+        for round in 0..5 {
+            fill(&c, round * 100, 100);
+            std::thread::sleep(Duration::from_millis(1_200));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let bytes = || -> i64 {
+            c.query_row(
+                "SELECT COALESCE(SUM(octet_length(line)), 0) FROM influx_spool",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        while bytes() > 20_000 {
+            assert!(Instant::now() < deadline, "spool still {} bytes", bytes());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let m = sink.metrics.clone();
+        sink.stop();
+        let kept: i64 = c
+            .query_row("SELECT COUNT(*) FROM influx_spool", [], |r| r.get(0))
+            .unwrap();
+        // Every point is either still spooled or counted as dropped; none was written.
+        assert_eq!(m.points_written.load(Ordering::Relaxed), 0);
+        assert_eq!(kept as u64 + m.points_dropped.load(Ordering::Relaxed), 500);
+        assert!(m.points_dropped.load(Ordering::Relaxed) >= 300);
     }
 }
