@@ -6,6 +6,8 @@
 //!   raised with hysteresis, acknowledged and cleared.
 //! - [`store`]: SQLite (rusqlite, bundled, WAL): provisioned nodes and their credentials,
 //!   readings, commands, rejections. Writes are batched on their own thread.
+//! - [`tariff`]: configuration. What a kWh costs in money and carbon; read by the core's
+//!   configuration and by the store's energy reports, owned by neither.
 //! - [`influx`]: the InfluxDB sink: points spooled in SQLite with the readings, written in
 //!   batches with retries, each exactly once.
 //! - [`service`]: tokio glue. Subscribes to every tenant's uplinks over MQTT, feeds the core,
@@ -17,5 +19,6 @@ pub mod faults;
 pub mod influx;
 pub mod service;
 pub mod store;
+pub mod tariff;
 
 pub use crate::core::{ControllerConfig, ControllerCore, ProvisionedNode};

@@ -210,7 +210,7 @@ impl ControllerHandle {
         self.core().config().policy.utc_offset_min
     }
     /// What a kWh costs (`[controller.tariff]`).
-    pub fn tariff(&self) -> crate::store::Tariff {
+    pub fn tariff(&self) -> crate::tariff::Tariff {
         self.core().config().tariff
     }
     /// Today, this week and this month of `tenant`, now, in the deployment's days and

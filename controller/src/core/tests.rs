@@ -1,6 +1,8 @@
 use super::*;
-use lamplighter_protocol::lorawan::AesKey;
+use lamplighter_protocol::lorawan::{self, AesKey, DataFrame, FCtrl, FrameError, MType};
+use lamplighter_protocol::payload::{Command, FaultFlags, NodeMode, FPORT_STATUS};
 use lamplighter_protocol::payload::{Presence, ReportTrigger};
+use lamplighter_protocol::topics;
 use lamplighter_protocol::LightingClass;
 
 // 2024-12-21 22:00 UTC: dark in Bristol.
