@@ -1,13 +1,12 @@
 //! The per-series online forecaster. See the crate documentation for the model.
 
-use crate::rls::{self, RlsBank};
+use crate::rls::{self, RlsBank, K};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
 const DAY_S: i64 = 86_400;
 const WEEK_S: i64 = 7 * DAY_S;
-/// Number of residual features: r(t) - level, r(t) - r(t-1), r(t-1) - r(t-2), level.
-pub(crate) const K: usize = 4;
+// The residual features, K of them: r(t) - level, r(t) - r(t-1), r(t-1) - r(t-2), level.
 /// Index of the level in the feature vector.
 const LEVEL: usize = 3;
 /// Largest residual (in log space) the short-term model may add or remove.

@@ -4,7 +4,9 @@
 use ndarray::{Array2, Array3, Axis};
 use serde::{Deserialize, Serialize};
 
-use crate::model::K;
+/// The feature dimension of every bank: the model's four residual features (see
+/// `model.rs`). Fixed, so the arithmetic runs on stack arrays.
+pub(crate) const K: usize = 4;
 
 /// A bank of `horizons` independent RLS models sharing the same feature
 /// dimension `k`. Model `h` predicts the residual `h + 1` steps ahead.
