@@ -12,9 +12,9 @@
 //! The WebDriver client is a few HTTP/1.1 requests written by hand over a `TcpStream`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,8 @@ use base64::Engine;
 use lamplighter_controller::store::{NewNode, Store};
 use lamplighter_protocol::{LampId, TenantId, ZoneId};
 use serde_json::{json, Value};
+
+use crate::util::{bin, free_port, one_system_at_a_time, Reaped};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -44,14 +46,6 @@ fn tool(env: &str, default: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn screenshots_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -59,16 +53,6 @@ fn screenshots_dir() -> PathBuf {
     let dir = target.join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A child process killed when the test ends, pass or fail.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---- HTTP/1.1 by hand ------------------------------------------------------------------
@@ -416,7 +400,7 @@ impl Drop for Browser {
 // ---- the system ------------------------------------------------------------------------
 
 fn lamplighter() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lamplighter"));
+    let mut c = bin();
     c.env("RUST_LOG", "warn,rumqttd=off");
     c
 }
@@ -522,6 +506,7 @@ fn lamps_json(addr: SocketAddr, token: &str) -> Vec<Value> {
 
 #[test]
 fn dashboard_in_chromium_login_map_lamp_override_expiry_roles_and_tenants() {
+    let _system = one_system_at_a_time();
     // Fail at once, with the reason, when the browser is missing.
     tool("CHROMIUM", CHROMIUM);
     tool("CHROMEDRIVER", CHROMEDRIVER);
@@ -936,6 +921,7 @@ fn dashboard_in_chromium_login_map_lamp_override_expiry_roles_and_tenants() {
 #[test]
 #[ignore = "a benchmark that prints figures, run on its own: .ci/run runs it at 6,117 lamps"]
 fn map_figures() {
+    let _system = one_system_at_a_time();
     tool("CHROMIUM", CHROMIUM);
     tool("CHROMEDRIVER", CHROMEDRIVER);
     let n: u32 = std::env::var("LAMPLIGHTER_MAP_LAMPS")

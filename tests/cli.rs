@@ -4,14 +4,17 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::util::{bin, one_system_at_a_time};
+
 fn lamplighter() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lamplighter"));
+    let mut c = bin();
     c.env("RUST_LOG", "warn");
     c
 }
 
 #[test]
 fn demo_runs_a_town_and_nodes_export_works_while_it_runs() {
+    let _system = one_system_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut demo = lamplighter()
         .args([

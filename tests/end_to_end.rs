@@ -5,90 +5,52 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use lamplighter::system::{self, SystemConfig};
-use lamplighter_controller::store::{NewNode, Store};
+use lamplighter::system;
 use lamplighter_edge::RoadUser;
 use lamplighter_protocol::lorawan::{self, DataFrame, FCtrl, MType};
 use lamplighter_protocol::payload::{self, StatusReport};
 use lamplighter_protocol::time::ScaledClock;
 use lamplighter_protocol::{topics, LampId, TenantId, UnixMs};
-use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown};
+use lamplighter_simulator::live::LiveTown;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::util::{
+    live_town, one_system_at_a_time, provision_town, system_config, wait_for, SystemSlot,
+};
 
 // 2024-12-21 22:00 UTC: dark in Bristol, in the part of the night the policy dims to 50 %.
 const NIGHT: UnixMs = UnixMs(1_734_818_400_000);
 const SPEED: f64 = 10.0;
 const LAMPS: usize = 200;
 
+/// A started system with a town of live nodes; `_system` keeps other whole-system tests
+/// waiting until this one is done.
 struct Harness {
     system: system::System,
     town: LiveTown,
     nodes: Vec<lamplighter_controller::store::StoredNode>,
     clock: ScaledClock,
     _dir: tempfile::TempDir,
+    _system: SystemSlot,
 }
 
 async fn start_town() -> Harness {
+    let serial = one_system_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let tenant = TenantId::new("e2e").unwrap();
-    let town = lamplighter_town::Town::procedural(LAMPS, 7, (51.4545, -2.5879));
-    let mut store = Store::open(dir.path()).unwrap();
-    let new: Vec<NewNode> = town
-        .lamps
-        .iter()
-        .map(|l| NewNode {
-            lamp: LampId(l.id.0),
-            tenant: tenant.clone(),
-            zone: l.zone,
-            lat: l.lat,
-            lon: l.lon,
-            rated_power_w: l.rated_power_w,
-        })
-        .collect();
-    assert_eq!(store.provision(&new).unwrap(), LAMPS);
-    drop(store);
-
-    let mut config = SystemConfig::default();
-    config.mqtt_listen.set_port(0);
-    config.http_listen.set_port(0);
+    provision_town(dir.path(), &tenant, LAMPS, 7);
+    let mut config = system_config();
     config.controller.report_interval_s = 60;
-    config.tick_interval_s = 0.2;
     let clock = ScaledClock::starting_at(NIGHT, SPEED);
     let (system, nodes) = system::start(&config, dir.path(), clock).await.unwrap();
-    let live = nodes
-        .iter()
-        .cloned()
-        // Freshly provisioned: the node starts at FCnt 0 with an empty meter.
-        .map(LiveNode::resuming)
-        .collect();
-    let town = LiveTown::spawn(
-        live,
-        LiveConfig {
-            mqtt_host: system.mqtt_addr.ip().to_string(),
-            mqtt_port: system.mqtt_addr.port(),
-            tenant,
-            clock,
-            report_interval_s: 60,
-            silence_timeout_s: 900,
-            utc_offset_min: 0,
-            demand: None,
-            seed: 1,
-        },
-    );
+    let town = live_town(system.mqtt_addr, &nodes, &tenant, clock, 60, 1);
     Harness {
         system,
         town,
         nodes,
         clock,
         _dir: dir,
-    }
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        _system: serial,
     }
 }
 

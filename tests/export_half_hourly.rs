@@ -1,25 +1,13 @@
 //! `lamplighter export --what half-hourly`: the real binary, local days and periods.
 
-use std::process::Command;
-
 use lamplighter_controller::core::Event;
 use lamplighter_controller::store::{NewNode, Store};
 use lamplighter_protocol::payload::*;
 use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
 
-const T0: u32 = 1_734_739_200; // 2024-12-21T00:00:00Z
+use crate::util::{run, Run};
 
-fn lamplighter(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lamplighter"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+const T0: u32 = 1_734_739_200; // 2024-12-21T00:00:00Z
 
 #[test]
 fn half_hourly_export_gives_every_lamp_every_local_period() {
@@ -63,7 +51,12 @@ fn half_hourly_export_gives_every_lamp_every_local_period() {
     let d = dir.path().to_str().unwrap();
 
     // The 21st an hour ahead of UTC: 48 periods from 23:00 UTC, three readings in each.
-    let (ok, csv, err) = lamplighter(&[
+    let Run {
+        ok,
+        stdout: csv,
+        stderr: err,
+        ..
+    } = run(&[
         "export",
         "--from",
         "2024-12-21",
@@ -93,7 +86,12 @@ fn half_hourly_export_gives_every_lamp_every_local_period() {
     assert!(lines[48].starts_with("2024-12-21,48,2024-12-21T22:30:00Z,"));
 
     // Every tenant, UTC: wells' lamp gets its empty grid too.
-    let (ok, csv, err) = lamplighter(&[
+    let Run {
+        ok,
+        stdout: csv,
+        stderr: err,
+        ..
+    } = run(&[
         "export",
         "--from",
         "2024-12-21",

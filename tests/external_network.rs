@@ -55,6 +55,7 @@ fn chirpstack_uplink(dev_eui: &str, fcnt: u32, payload: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chirpstack_tenant_reports_and_is_commanded_through_its_network() {
+    let _system = crate::util::one_system_at_a_time();
     let chirpstack = lamplighter_broker::start(
         &lamplighter_broker::BrokerConfig::loopback(0, 16),
         Arc::new(|_, _, _| true),

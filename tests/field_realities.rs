@@ -25,6 +25,8 @@ use lamplighter_protocol::time::ScaledClock;
 use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+use crate::util::{free_port, one_system_at_a_time};
+
 // 2024-12-21 22:00 UTC: dark at the lamps.
 const NIGHT: UnixMs = UnixMs(1_734_818_400_000);
 const APPLICATION: &str = "b1c5a3a0-7f0e-4c57-9a8d-2f1d1b3e0c11";
@@ -79,14 +81,6 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn report(energy_dwh: u32, reading_time_s: u32) -> StatusReport {
@@ -300,6 +294,7 @@ fn http_get(port: u16, path: &str, token: &str) -> (u16, String) {
 /// restart of `serve`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejoin_loses_no_reading_and_replays_stay_refused() {
+    let _system = one_system_at_a_time();
     let broker_dir = tempfile::tempdir().unwrap();
     let mosquitto = Mosquitto::start(broker_dir.path(), free_port());
     let dir = tempfile::tempdir().unwrap();
@@ -426,6 +421,7 @@ async fn a_rejoin_loses_no_reading_and_replays_stay_refused() {
 /// instances with their own data directories never take each other's session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_loses_no_reading_and_no_command_waits_for_an_uplink() {
+    let _system = one_system_at_a_time();
     let broker_dir = tempfile::tempdir().unwrap();
     let mosquitto = Mosquitto::start(broker_dir.path(), free_port());
     let dir = tempfile::tempdir().unwrap();
@@ -548,6 +544,7 @@ async fn a_restart_loses_no_reading_and_no_command_waits_for_an_uplink() {
 /// waiting) and none published twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_sends_only_the_latest_command_per_lamp() {
+    let _system = one_system_at_a_time();
     let broker_dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mosquitto = Mosquitto::start(broker_dir.path(), port);

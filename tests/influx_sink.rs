@@ -5,46 +5,19 @@
 //! store must be in the server exactly once, checked through the server's own export API.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lamplighter::system::{self, SystemConfig};
+use lamplighter::system;
 use lamplighter_controller::influx::InfluxConfig;
-use lamplighter_controller::store::{NewNode, Store};
 use lamplighter_protocol::time::ScaledClock;
-use lamplighter_protocol::{LampId, TenantId};
-use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown};
+use lamplighter_protocol::TenantId;
+
+use crate::util::{
+    free_port, http_get, live_town, one_system_at_a_time, provision_town, system_config,
+};
 
 const LAMPS: usize = 200;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.0 GET on loopback: (status, body).
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
 
 struct Vm {
     child: Child,
@@ -138,33 +111,16 @@ fn spooled(dir: &std::path::Path) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_point_reaches_the_server_once_across_a_server_outage() {
+    let _system = one_system_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let vm_data = tempfile::tempdir().unwrap();
     let vm_port = free_port();
     let vm = Vm::start(vm_port, vm_data.path());
 
     let tenant = TenantId::new("influx").unwrap();
-    let town = lamplighter_town::Town::procedural(LAMPS, 5, (51.4545, -2.5879));
-    let mut store = Store::open(dir.path()).unwrap();
-    let new: Vec<NewNode> = town
-        .lamps
-        .iter()
-        .map(|l| NewNode {
-            lamp: LampId(l.id.0),
-            tenant: tenant.clone(),
-            zone: l.zone,
-            lat: l.lat,
-            lon: l.lon,
-            rated_power_w: l.rated_power_w,
-        })
-        .collect();
-    store.provision(&new).unwrap();
-    drop(store);
+    provision_town(dir.path(), &tenant, LAMPS, 5);
 
-    let mut config = SystemConfig::default();
-    config.mqtt_listen.set_port(0);
-    config.http_listen.set_port(0);
-    config.tick_interval_s = 0.2;
+    let mut config = system_config();
     config.store.influx = Some(
         InfluxConfig::new(
             &format!("http://127.0.0.1:{vm_port}"),
@@ -177,26 +133,7 @@ async fn every_point_reaches_the_server_once_across_a_server_outage() {
     // The clock runs 60 times real time: a report a second from each node.
     let clock = ScaledClock::starting_at(ScaledClock::system().now(), 60.0);
     let (system, nodes) = system::start(&config, dir.path(), clock).await.unwrap();
-    let live = nodes
-        .iter()
-        .cloned()
-        // Freshly provisioned: the node starts at FCnt 0 with an empty meter.
-        .map(LiveNode::resuming)
-        .collect();
-    let town = LiveTown::spawn(
-        live,
-        LiveConfig {
-            mqtt_host: system.mqtt_addr.ip().to_string(),
-            mqtt_port: system.mqtt_addr.port(),
-            tenant,
-            clock,
-            report_interval_s: 60,
-            silence_timeout_s: 900,
-            utc_offset_min: 0,
-            demand: None,
-            seed: 5,
-        },
-    );
+    let town = live_town(system.mqtt_addr, &nodes, &tenant, clock, 60, 5);
 
     tokio::time::sleep(Duration::from_secs(6)).await;
     vm.stop();

@@ -1,23 +1,17 @@
 //! `lamplighter lorawan decode` and `lamplighter gateways add` as an engineer runs them.
 
-use std::process::Command;
+use crate::util::{bin, one_system_at_a_time, output, Run};
 
-fn lamplighter(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lamplighter"))
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// The binary with its logging off, so stderr holds only what it prints for the user.
+fn quiet(args: &[&str]) -> Run {
+    output(bin().args(args).env("RUST_LOG", "off"))
 }
 
 #[test]
 fn decode_a_published_uplink_with_keys() {
-    let (code, out, _) = lamplighter(&[
+    let Run {
+        code, stdout: out, ..
+    } = quiet(&[
         "lorawan",
         "decode",
         "--phy",
@@ -38,7 +32,9 @@ fn decode_a_published_uplink_with_keys() {
     assert_eq!(v["mic_ok"], true);
     assert_eq!(v["payload_hex"], "74657374");
     // Same frame as base64, wrong key: mic_ok false, still exit 0.
-    let (code, out, _) = lamplighter(&[
+    let Run {
+        code, stdout: out, ..
+    } = quiet(&[
         "lorawan",
         "decode",
         "--base64",
@@ -53,7 +49,9 @@ fn decode_a_published_uplink_with_keys() {
 
 #[test]
 fn decode_a_join_accept_and_our_own_status_report() {
-    let (code, out, _) = lamplighter(&[
+    let Run {
+        code, stdout: out, ..
+    } = quiet(&[
         "lorawan",
         "decode",
         "--phy",
@@ -91,7 +89,12 @@ fn decode_a_join_accept_and_our_own_status_report() {
         &keys,
     )
     .unwrap();
-    let (code, out, err) = lamplighter(&[
+    let Run {
+        code,
+        stdout: out,
+        stderr: err,
+        ..
+    } = quiet(&[
         "lorawan",
         "decode",
         "--phy",
@@ -140,7 +143,12 @@ fn bad_input_is_one_line_and_exit_code_1() {
             "3",
         ],
     ] {
-        let (code, out, err) = lamplighter(args);
+        let Run {
+            code,
+            stdout: out,
+            stderr: err,
+            ..
+        } = quiet(args);
         assert_eq!(code, 1, "{args:?}: {out} {err}");
         assert!(out.is_empty());
         assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -152,7 +160,12 @@ fn bad_input_is_one_line_and_exit_code_1() {
 fn gateways_add_and_list() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let (code, out, err) = lamplighter(&[
+    let Run {
+        code,
+        stdout: out,
+        stderr: err,
+        ..
+    } = quiet(&[
         "gateways",
         "add",
         "--eui",
@@ -162,9 +175,11 @@ fn gateways_add_and_list() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"added\":true"));
-    let (_, out, _) = lamplighter(&["gateways", "list", "--data-dir", d]);
+    let Run { stdout: out, .. } = quiet(&["gateways", "list", "--data-dir", d]);
     assert_eq!(out.trim(), "AA555A0000000101");
-    let (code, _, err) = lamplighter(&["gateways", "add", "--eui", "nope", "--data-dir", d]);
+    let Run {
+        code, stderr: err, ..
+    } = quiet(&["gateways", "add", "--eui", "nope", "--data-dir", d]);
     assert_eq!(code, 1);
     assert!(err.contains("gateway EUI"), "{err}");
 }
@@ -180,7 +195,13 @@ fn demo_over_lorawan_runs_the_town_through_simulated_gateways() {
     let data_dir = dir.path().to_str().unwrap();
     // 23:59:00 UTC at the demo town (Bristol, UTC+0 in December); at 10x, every node has
     // reported and been commanded well before midnight comes, 6 s into the run.
-    let (code, out, err) = lamplighter(&[
+    let _system = one_system_at_a_time();
+    let Run {
+        code,
+        stdout: out,
+        stderr: err,
+        ..
+    } = quiet(&[
         "demo",
         "--transport",
         "lorawan",

@@ -5,43 +5,21 @@
 //! way. Everything runs as child processes on loopback.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lamplighter_controller::store::Store;
 use lamplighter_protocol::{sun, UnixMs};
 
+use crate::util::{bin, one_system_at_a_time, output, Reaped, Run};
+
 const LAMPS: usize = 30;
 /// Longer than the first report's spread (10 s) and a report interval (5 s) on top.
 const RUN_S: u64 = 16;
 
-fn lamplighter(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lamplighter"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run lamplighter");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A running `lamplighter serve`, killed when dropped (so a failing test leaves no server
-/// behind).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `serve` on loopback with its bridge on; returns it and the bridge's UDP address from its
 /// start-up line.
-fn serve(dir: &Path, data: &Path) -> (Server, String) {
+fn serve(dir: &Path, data: &Path) -> (Reaped, String) {
     let config = dir.join("serve.toml");
     std::fs::write(
         &config,
@@ -53,8 +31,8 @@ fn serve(dir: &Path, data: &Path) -> (Server, String) {
     )
     .unwrap();
     let log = dir.join("serve.log");
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_lamplighter"))
+    let server = Reaped(
+        bin()
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -83,6 +61,10 @@ fn serve(dir: &Path, data: &Path) -> (Server, String) {
     }
 }
 
+fn warn(args: &[&str]) -> Run {
+    output(bin().args(args).env("RUST_LOG", "warn"))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -92,11 +74,14 @@ fn now_ms() -> u64 {
 
 #[test]
 fn sim_live_runs_its_nodes_through_simulated_gateways_to_a_running_serve() {
+    let _system = one_system_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data_arg = data.to_str().unwrap();
     // The demo provisions a LoRaWAN town (nodes, sessions, zone groups) in the data dir.
-    let (ok, _, err) = lamplighter(&[
+    let Run {
+        ok, stderr: err, ..
+    } = warn(&[
         "demo",
         "--transport",
         "lorawan",
@@ -122,7 +107,12 @@ fn sim_live_runs_its_nodes_through_simulated_gateways_to_a_running_serve() {
 
     let (server, udp) = serve(dir.path(), &data);
     let started = now_ms();
-    let (ok, out, err) = lamplighter(&[
+    let Run {
+        ok,
+        stdout: out,
+        stderr: err,
+        ..
+    } = warn(&[
         "sim",
         "live",
         "--data-dir",

@@ -1,27 +1,15 @@
 //! `lamplighter export` and `lamplighter backup` as a user runs them: the real binary on a
 //! store with readings, commands and rejections in it, while a writer holds it open.
 
-use std::process::Command;
-
 use lamplighter_controller::core::policy::Reason;
 use lamplighter_controller::core::Event;
 use lamplighter_controller::store::{NewNode, Store};
 use lamplighter_protocol::payload::*;
 use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
 
-const T0: u32 = 1_734_739_200; // 2024-12-21T00:00:00Z
+use crate::util::{run, Run};
 
-fn lamplighter(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lamplighter"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+const T0: u32 = 1_734_739_200; // 2024-12-21T00:00:00Z
 
 #[test]
 fn export_and_backup_work_on_a_store_in_use() {
@@ -70,7 +58,12 @@ fn export_and_backup_work_on_a_store_in_use() {
     let d = dir.path().to_str().unwrap();
 
     // Store still open here (as in a running system).
-    let (ok, csv, err) = lamplighter(&[
+    let Run {
+        ok,
+        stdout: csv,
+        stderr: err,
+        ..
+    } = run(&[
         "export",
         "--from",
         "2024-12-21",
@@ -89,7 +82,12 @@ fn export_and_backup_work_on_a_store_in_use() {
         25,
         "header and the 24 readings of that day"
     );
-    let (ok, csv, err) = lamplighter(&[
+    let Run {
+        ok,
+        stdout: csv,
+        stderr: err,
+        ..
+    } = run(&[
         "export",
         "--from",
         "2024-12-21",
@@ -108,7 +106,12 @@ fn export_and_backup_work_on_a_store_in_use() {
         lines[1].contains(",432.0,24,"),
         "24 readings of 18 Wh: {csv}"
     );
-    let (ok, csv, err) = lamplighter(&[
+    let Run {
+        ok,
+        stdout: csv,
+        stderr: err,
+        ..
+    } = run(&[
         "export",
         "--from",
         "2024-12-21",
@@ -124,7 +127,9 @@ fn export_and_backup_work_on_a_store_in_use() {
         csv.contains(",command,bath,2,1,") && csv.contains(",presence,"),
         "{csv}"
     );
-    let (ok, _, err) = lamplighter(&[
+    let Run {
+        ok, stderr: err, ..
+    } = run(&[
         "export",
         "--from",
         "2024-12-21",
@@ -138,7 +143,9 @@ fn export_and_backup_work_on_a_store_in_use() {
     assert!(!ok && err.contains("readings, energy or audit"), "{err}");
 
     let backup = dir.path().join("backup.sqlite");
-    let (ok, _, err) = lamplighter(&["backup", backup.to_str().unwrap(), "--data-dir", d]);
+    let Run {
+        ok, stderr: err, ..
+    } = run(&["backup", backup.to_str().unwrap(), "--data-dir", d]);
     assert!(ok, "{err}");
     let restored = tempfile::tempdir().unwrap();
     std::fs::copy(&backup, restored.path().join("lamplighter.sqlite")).unwrap();

@@ -7,28 +7,21 @@
 //! - energy is not double-counted (per lamp, the deltas add up to the node's meter), in the
 //!   raw readings and in the rollups alike.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lamplighter_controller::store::{NewNode, Store};
+use lamplighter_controller::store::Store;
 use lamplighter_protocol::time::ScaledClock;
-use lamplighter_protocol::{LampId, TenantId};
-use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown};
+use lamplighter_protocol::TenantId;
+
+use crate::util::{bin, free_port, live_town, one_system_at_a_time, provision_town, wait_for};
 
 const LAMPS: usize = 1_000;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn serve(dir: &std::path::Path, port: u16, log: &str) -> Child {
     let log = std::fs::File::create(dir.join(log)).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_lamplighter"))
+    bin()
         .args([
             "serve",
             "--mqtt-port",
@@ -45,35 +38,12 @@ fn serve(dir: &std::path::Path, port: u16, log: &str) -> Child {
         .expect("start lamplighter serve")
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_1000_nodes_report_loses_no_acknowledged_reading_and_counts_energy_once() {
+    let _system = one_system_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let tenant = TenantId::new("crash").unwrap();
-    let town = lamplighter_town::Town::procedural(LAMPS, 3, (51.4545, -2.5879));
-    let mut store = Store::open(dir.path()).unwrap();
-    let new: Vec<NewNode> = town
-        .lamps
-        .iter()
-        .map(|l| NewNode {
-            lamp: LampId(l.id.0),
-            tenant: tenant.clone(),
-            zone: l.zone,
-            lat: l.lat,
-            lon: l.lon,
-            rated_power_w: l.rated_power_w,
-        })
-        .collect();
-    store.provision(&new).unwrap();
-    let nodes = store.nodes().unwrap();
-    drop(store);
+    let nodes = provision_town(dir.path(), &tenant, LAMPS, 3);
 
     let port = free_port();
     let mut server = serve(dir.path(), port, "serve-1.log");
@@ -81,26 +51,7 @@ async fn sigkill_while_1000_nodes_report_loses_no_acknowledged_reading_and_count
     // Nodes report every 60 s of a clock running 30 times real time: every 2 s, 500 readings
     // a second in all.
     let clock = ScaledClock::starting_at(ScaledClock::system().now(), 30.0);
-    let live = nodes
-        .iter()
-        .cloned()
-        // Freshly provisioned: the node starts at FCnt 0 with an empty meter.
-        .map(LiveNode::resuming)
-        .collect();
-    let town = LiveTown::spawn(
-        live,
-        LiveConfig {
-            mqtt_host: "127.0.0.1".into(),
-            mqtt_port: port,
-            tenant,
-            clock,
-            report_interval_s: 60,
-            silence_timeout_s: 900,
-            utc_offset_min: 0,
-            demand: None,
-            seed: 3,
-        },
-    );
+    let town = live_town(([127, 0, 0, 1], port).into(), &nodes, &tenant, clock, 60, 3);
     let probes = &town.probes;
     let acked_total = || {
         probes

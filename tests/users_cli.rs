@@ -4,12 +4,14 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use lamplighter_dashboards::accounts::{Accounts, Role};
 
+use crate::util::bin;
+
 fn users(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lamplighter"))
+    let mut child = bin()
         .arg("users")
         .args(args)
         .arg("--data-dir")

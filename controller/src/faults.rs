@@ -683,7 +683,7 @@ impl FaultTracker {
         let mut out: Vec<Fault> = self
             .open
             .values()
-            .filter(|f| tenant.is_none_or(|t| &f.tenant == t))
+            .filter(|f| f.tenant.visible_to(tenant))
             .cloned()
             .collect();
         out.sort_by(|a, b| b.raised_at.cmp(&a.raised_at).then(b.id.cmp(&a.id)));
@@ -705,11 +705,7 @@ impl FaultTracker {
             ..Default::default()
         };
         let mut lamps = std::collections::HashSet::new();
-        for f in self
-            .open
-            .values()
-            .filter(|f| tenant.is_none_or(|t| &f.tenant == t))
-        {
+        for f in self.open.values().filter(|f| f.tenant.visible_to(tenant)) {
             lamps.insert(f.lamp);
             let k = c.by_kind.entry(f.kind).or_default();
             if f.acknowledged.is_some() {
