@@ -13,7 +13,7 @@ use lamplighter_controller::core::{
 use lamplighter_controller::faults::{Fault, FaultCounts, FaultError, FaultId};
 use lamplighter_controller::service::{self, ControllerHandle, ServiceConfig};
 use lamplighter_controller::store::{EnergySummary, HistoryPoint, Resolution};
-use lamplighter_controller::store::{Store, StoreThread, StoreWriter, StoredNode};
+use lamplighter_controller::store::{ForecastStore, Store, StoreThread, StoreWriter, StoredNode};
 use lamplighter_dashboards::{
     Accounts, CommandRecord, DashboardOptions, LampHistory, LiveSource, OverrideTarget, Road,
     SourceError,
@@ -136,6 +136,7 @@ pub struct System {
     pub external_links: Vec<lamplighter_broker::external_link::ExternalLink>,
     tasks: Vec<JoinHandle<()>>,
     store_thread: StoreThread,
+    forecasts: Arc<Mutex<ForecastStore>>,
 }
 
 /// The dashboard's view of the running system: live state from the controller, history
@@ -410,10 +411,20 @@ pub async fn start(
 ) -> Result<(System, Vec<StoredNode>)> {
     let store = Store::open(data_dir)?;
     let nodes = store.nodes()?;
-    let core = ControllerCore::new(
+    let mut core = ControllerCore::new(
         config.controller.clone(),
         nodes.iter().map(|s| s.node.clone()).collect(),
     )?;
+    // What the zones' forecasters learnt before the restart.
+    let forecasts = ForecastStore::open(data_dir)?;
+    let restored = core.restore_forecasters(forecasts.load()?);
+    if restored > 0 {
+        tracing::info!(
+            zones = restored,
+            "forecasters resume from their saved state"
+        );
+    }
+    let forecasts = Arc::new(Mutex::new(forecasts));
 
     // The controller's own MQTT password lives only in this process.
     let controller_password: String = rand::thread_rng()
@@ -519,6 +530,12 @@ pub async fn start(
         },
     );
 
+    tasks.push(service::spawn_forecast_saver(
+        controller.clone(),
+        forecasts.clone(),
+        service::FORECASTS_SAVED_EVERY,
+    ));
+
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
@@ -574,6 +591,7 @@ pub async fn start(
             external_links,
             tasks,
             store_thread,
+            forecasts,
         },
         nodes,
     ))
@@ -582,6 +600,11 @@ pub async fn start(
 impl System {
     /// Stops the tasks and waits until everything accepted is written to the store.
     pub async fn shutdown(self) {
+        // The forecasters' state first: a restart resumes from it.
+        let (controller, forecasts) = (self.controller.clone(), self.forecasts.clone());
+        let _ =
+            tokio::task::spawn_blocking(move || service::save_forecasters(&controller, &forecasts))
+                .await;
         for t in self.external_links.iter().flat_map(|l| &l.tasks) {
             t.abort();
         }

@@ -519,6 +519,36 @@ pub fn start(
     (handle, vec![net, decide, acker])
 }
 
+/// How often the zones' forecaster state is saved with the store (and once more when the
+/// system shuts down): a crash loses at most this much of what they learnt.
+pub const FORECASTS_SAVED_EVERY: Duration = Duration::from_secs(300);
+
+/// Saves the zones' forecasters now.
+pub fn save_forecasters(handle: &ControllerHandle, store: &Mutex<crate::store::ForecastStore>) {
+    let (states, now) = handle.with_core(|core, now| (core.forecaster_states(), now));
+    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = store.save(&states, now) {
+        tracing::error!(error = %e, "cannot save the forecasters' state");
+    }
+}
+
+/// Saves the zones' forecasters every `every` until aborted.
+pub fn spawn_forecast_saver(
+    handle: ControllerHandle,
+    store: Arc<Mutex<crate::store::ForecastStore>>,
+    every: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let (h, s) = (handle.clone(), store.clone());
+            let _ = tokio::task::spawn_blocking(move || save_forecasters(&h, &s)).await;
+        }
+    })
+}
+
 /// The fault tracker for this core, restored from what the store held open.
 fn fault_tracker(core: &ControllerCore, store: &StoreWriter, now: UnixMs) -> FaultTracker {
     let config = core.config();

@@ -34,6 +34,8 @@ pub use energy::{
 };
 mod faults;
 pub use faults::FaultsAtStart;
+mod forecasts;
+pub use forecasts::{ForecastStore, ForecastStoreError};
 #[cfg(test)]
 mod tests_energy;
 #[cfg(test)]

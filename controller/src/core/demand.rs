@@ -10,6 +10,11 @@
 //! measured flow and the forecast's upper quantile over the lead time allow. The forecast of
 //! the total is the sum of the modes' forecasts; summing 90th percentiles over-states the total's
 //! 90th percentile, which errs on the side of light.
+//!
+//! The forecasters learn for days before their profiles mean much, so their state outlives a
+//! restart: [`ControllerCore::forecaster_states`] is what the service saves (with the
+//! store, `store::forecasts`), [`ControllerCore::restore_forecasters`] what a new core starts
+//! from. Each zone shows how old what its forecasters learnt is (`forecaster_age_s`).
 
 use lamplighter_forecast::{Forecaster, ForecasterConfig};
 use lamplighter_protocol::payload::Presence;
@@ -18,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::classes::{self, ClassSelector};
 use super::policy::{ClassInForce, PolicyConfig, Reason};
+use super::ControllerCore;
 
 /// A zone's road: the class its lamps are designed for at 100 % and the road users per hour
 /// it carries at capacity (the denominator of the traffic weighting).
@@ -86,6 +92,25 @@ pub struct ZoneDemandView {
     pub forecast_q90_per_h: Option<f64>,
     /// Highest upper quantile within the lead time: what the class rule compares.
     pub forecast_q90_peak_per_h: Option<f64>,
+    /// Intervals the zone's forecasters have learnt from (per mode, the most), also before
+    /// the last restart.
+    pub forecaster_samples: u64,
+    /// The end of the last interval they learnt from, ms since 1970.
+    pub forecaster_learned_until_ms: Option<u64>,
+    /// How long ago that was: a restart that kept the state shows the downtime here, one that
+    /// lost it shows no age and no samples.
+    pub forecaster_age_s: Option<u64>,
+}
+
+/// One zone's forecasters as saved across a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ZoneForecasterState {
+    pub tenant: TenantId,
+    pub zone: ZoneId,
+    /// The end of the last interval they learnt from.
+    pub learned_until: Option<UnixMs>,
+    /// Pedestrians, cyclists, vehicles.
+    pub forecasters: Box<[Forecaster; 3]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,6 +142,8 @@ pub(crate) struct ZoneState {
     pub tracking: bool,
     forecast: Option<TotalForecast>,
     selector: ClassSelector,
+    /// The end of the last interval the forecasters learnt from.
+    learned_until: Option<UnixMs>,
 }
 
 impl ZoneState {
@@ -135,6 +162,7 @@ impl ZoneState {
             tracking,
             forecast: None,
             selector: ClassSelector::default(),
+            learned_until: None,
         }
     }
 
@@ -181,6 +209,7 @@ impl ZoneState {
         for (k, f) in self.forecasters.iter_mut().enumerate() {
             f.update(start_local_s, rates.map(|r| r[k]));
         }
+        self.learned_until = Some(UnixMs((index + 1) * Self::interval_ms(policy)));
         self.forecast = self.total_forecast(policy);
         self.last_rates = rates;
         self.prev_reporters = self.reporters;
@@ -317,13 +346,89 @@ impl ZoneState {
             forecast_q10_per_h: self.forecast.map(|f| f.q10),
             forecast_q90_per_h: self.forecast.map(|f| f.q90),
             forecast_q90_peak_per_h: self.forecast.map(|f| f.q90_peak),
+            forecaster_samples: self
+                .forecasters
+                .iter()
+                .map(|f| f.samples_seen())
+                .max()
+                .unwrap_or(0),
+            forecaster_learned_until_ms: self.learned_until.map(|t| t.0),
+            forecaster_age_s: self.learned_until.map(|t| now.since(t) / 1000),
         }
+    }
+
+    /// Starts from saved forecasters if they were made for this zone's step; returns whether.
+    fn restore(&mut self, saved: ZoneForecasterState, policy: &PolicyConfig) -> bool {
+        if saved
+            .forecasters
+            .iter()
+            .zip(self.forecasters.iter())
+            .any(|(s, f)| s.config() != f.config())
+        {
+            return false;
+        }
+        self.forecasters = saved.forecasters;
+        self.learned_until = saved.learned_until;
+        self.forecast = self.total_forecast(policy);
+        true
     }
 
     /// Bytes the zone's forecasters hold.
     #[cfg(test)]
     pub fn forecaster_bytes(&self) -> usize {
         self.forecasters.iter().map(|f| f.state_bytes()).sum()
+    }
+}
+
+impl ControllerCore {
+    /// Every zone's forecasters, to save.
+    pub fn forecaster_states(&self) -> Vec<ZoneForecasterState> {
+        self.zones
+            .iter()
+            .filter(|z| z.tracking)
+            .filter_map(|z| {
+                let node = &self.lamps.get(*z.lamps.first()?)?.node;
+                Some(ZoneForecasterState {
+                    tenant: node.tenant.clone(),
+                    zone: node.zone,
+                    learned_until: z.learned_until,
+                    forecasters: z.forecasters.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Starts zones' forecasters from saved ones (at start, before the first report). A saved
+    /// zone the core does not have, or made for another interval, is skipped. Returns how
+    /// many zones were restored.
+    pub fn restore_forecasters(
+        &mut self,
+        saved: impl IntoIterator<Item = ZoneForecasterState>,
+    ) -> usize {
+        let mut by_key: std::collections::HashMap<(TenantId, ZoneId), ZoneForecasterState> = saved
+            .into_iter()
+            .map(|s| ((s.tenant.clone(), s.zone), s))
+            .collect();
+        let mut restored = 0;
+        for i in 0..self.zones.len() {
+            let Some(&lamp) = self.zones[i].lamps.first() else {
+                continue;
+            };
+            let node = &self.lamps[lamp].node;
+            let Some(state) = by_key.remove(&(node.tenant.clone(), node.zone)) else {
+                continue;
+            };
+            let policy = self
+                .zone_policies
+                .get(&i)
+                .unwrap_or(&self.config.policy)
+                .clone();
+            let zone = &mut self.zones[i];
+            if zone.tracking && zone.restore(state, &policy) {
+                restored += 1;
+            }
+        }
+        restored
     }
 }
 
