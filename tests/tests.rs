@@ -11,6 +11,7 @@ mod export_half_hourly;
 mod external_network;
 mod field_realities;
 mod influx_sink;
+mod layering;
 mod lorawan_cli;
 mod sim_live_udp;
 mod store_cli;
