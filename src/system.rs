@@ -182,10 +182,8 @@ fn lamp_commands(
 impl Dashboard {
     /// The lamp's tenant, if the caller may see the lamp.
     fn lamp_visible(&self, tenant: Option<&TenantId>, lamp: LampId) -> bool {
-        self.controller.with_core(|core, _| {
-            core.node(lamp)
-                .is_some_and(|n| tenant.is_none_or(|t| &n.tenant == t))
-        })
+        self.controller
+            .with_core(|core, _| core.node(lamp).is_some_and(|n| n.tenant.visible_to(tenant)))
     }
 }
 
@@ -237,7 +235,7 @@ impl LiveSource for Dashboard {
             let lamps: Vec<LampId> = match target {
                 OverrideTarget::Lamp { lamp } => core
                     .node(*lamp)
-                    .filter(|n| tenant.is_none_or(|t| &n.tenant == t))
+                    .filter(|n| n.tenant.visible_to(tenant))
                     .map(|n| n.lamp)
                     .into_iter()
                     .collect(),

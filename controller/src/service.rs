@@ -184,7 +184,7 @@ impl ControllerHandle {
         let mut tracker = self.fault_tracker();
         let visible = tracker
             .fault(id)
-            .is_some_and(|f| tenant.is_none_or(|t| &f.tenant == t));
+            .is_some_and(|f| f.tenant.visible_to(tenant));
         if !visible {
             return Err(FaultError::NotOpen(id));
         }

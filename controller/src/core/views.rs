@@ -73,7 +73,7 @@ impl ControllerCore {
     }
 
     fn visible(lamp: &LampState, tenant: Option<&TenantId>) -> bool {
-        tenant.is_none_or(|t| &lamp.node.tenant == t)
+        lamp.node.tenant.visible_to(tenant)
     }
 
     /// The summary of all lamps, or of one tenant's.
