@@ -12,9 +12,7 @@ use lamplighter_broker::external::NetworkKind;
 use lamplighter_broker::external_link::ExternalNetwork;
 use lamplighter_controller::core::policy::PolicyConfig;
 use lamplighter_controller::store::{NewNode, Store};
-use lamplighter_protocol::payload::{
-    Command, FaultFlags, NodeMode, Presence, ReportTrigger, StatusReport,
-};
+use lamplighter_protocol::payload::{Command, StatusReport};
 use lamplighter_protocol::time::ScaledClock;
 use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -24,19 +22,7 @@ const NIGHT: UnixMs = UnixMs(1_734_818_400_000);
 const APPLICATION: &str = "b1c5a3a0-7f0e-4c57-9a8d-2f1d1b3e0c11";
 
 fn report(energy_dwh: u32) -> StatusReport {
-    StatusReport {
-        level_pct: 0,
-        target_level_pct: 0,
-        power_dw: 0,
-        energy_dwh,
-        ambient_lux: 0,
-        presence: Presence::default(),
-        faults: FaultFlags::default(),
-        mode: NodeMode::FailSafe,
-        trigger: ReportTrigger::Periodic,
-        reading_time_s: NIGHT.as_secs() as u32,
-        applied_fcnt_down: 0,
-    }
+    crate::util::status_report(energy_dwh, NIGHT.as_secs() as u32)
 }
 
 fn chirpstack_uplink(dev_eui: &str, fcnt: u32, payload: &[u8]) -> String {

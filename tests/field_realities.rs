@@ -18,9 +18,7 @@ use lamplighter_broker::external_link::ExternalNetwork;
 use lamplighter_broker::external_state::ExternalState;
 use lamplighter_controller::core::policy::PolicyConfig;
 use lamplighter_controller::store::{NewNode, Store, StoredNode};
-use lamplighter_protocol::payload::{
-    Command, FaultFlags, NodeMode, Presence, ReportTrigger, StatusReport,
-};
+use lamplighter_protocol::payload::{Command, Presence, StatusReport};
 use lamplighter_protocol::time::ScaledClock;
 use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -84,19 +82,7 @@ impl Drop for Mosquitto {
 }
 
 fn report(energy_dwh: u32, reading_time_s: u32) -> StatusReport {
-    StatusReport {
-        level_pct: 0,
-        target_level_pct: 0,
-        power_dw: 0,
-        energy_dwh,
-        ambient_lux: 0,
-        presence: Presence::default(),
-        faults: FaultFlags::default(),
-        mode: NodeMode::FailSafe,
-        trigger: ReportTrigger::Periodic,
-        reading_time_s,
-        applied_fcnt_down: 0,
-    }
+    crate::util::status_report(energy_dwh, reading_time_s)
 }
 
 fn chirpstack_uplink(dev_eui: &str, fcnt: u32, payload: &[u8]) -> String {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use lamplighter::system::SystemConfig;
 use lamplighter_controller::store::{NewNode, Store, StoredNode};
+use lamplighter_protocol::payload::{FaultFlags, NodeMode, Presence, ReportTrigger, StatusReport};
 use lamplighter_protocol::time::ScaledClock;
 use lamplighter_protocol::{LampId, TenantId};
 use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown};
@@ -174,4 +175,22 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A periodic fail-safe report from a dark lamp with `energy_dwh` on its meter, read at
+/// `reading_time_s`: what an external network's uplinks carry in the tests.
+pub fn status_report(energy_dwh: u32, reading_time_s: u32) -> StatusReport {
+    StatusReport {
+        level_pct: 0,
+        target_level_pct: 0,
+        power_dw: 0,
+        energy_dwh,
+        ambient_lux: 0,
+        presence: Presence::default(),
+        faults: FaultFlags::default(),
+        mode: NodeMode::FailSafe,
+        trigger: ReportTrigger::Periodic,
+        reading_time_s,
+        applied_fcnt_down: 0,
+    }
 }
