@@ -104,7 +104,7 @@ pub async fn live(args: LiveArgs) -> Result<()> {
         clock,
         report_interval_s: args.report_interval_s,
         silence_timeout_s: 900,
-        utc_offset_min: 0,
+        time_zone: lamplighter_protocol::local_time::DEFAULT_TIME_ZONE,
         demand: Some(peak),
         seed: args.seed,
     };
@@ -203,6 +203,31 @@ pub struct RunArgs {
     /// Regions the town is planned as, each with its own controller (IP nodes only).
     #[arg(long, default_value_t = 1)]
     pub regions: usize,
+    /// When the run starts: RFC 3339 (`2025-03-29T12:00:00Z`) or a date (12:00 UTC that
+    /// day). Default 2024-11-04 12:00 UTC.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// The town's clocks, an IANA name (`Europe/London`). Default: `Europe/London` for a town
+    /// in Britain or Ireland, else a fixed offset from the town's longitude.
+    #[arg(long)]
+    pub time_zone: Option<lamplighter_protocol::local_time::TimeZone>,
+}
+
+/// `--start` of `sim run`: RFC 3339, or a date meaning 12:00 UTC that day.
+fn parse_start(s: &str) -> Result<lamplighter_protocol::UnixMs> {
+    let utc = match chrono::DateTime::parse_from_rfc3339(s) {
+        Ok(t) => t.with_timezone(&chrono::Utc),
+        Err(_) => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(12, 0, 0))
+            .map(|t| t.and_utc())
+            .with_context(|| {
+                format!("--start: expected 2025-03-29T12:00:00Z or 2025-03-29, got {s:?}")
+            })?,
+    };
+    let ms = u64::try_from(utc.timestamp_millis())
+        .map_err(|_| anyhow::anyhow!("--start: {s:?} is before 1970"))?;
+    Ok(lamplighter_protocol::UnixMs(ms))
 }
 
 #[derive(Args)]
@@ -285,6 +310,8 @@ fn plan(args: RunArgs) -> Result<()> {
         tariff_gbp_per_kwh: args.tariff_gbp_per_kwh,
         carbon_kg_per_kwh: args.carbon_kg_per_kwh,
         regions: args.regions,
+        start: args.start.as_deref().map(parse_start).transpose()?,
+        time_zone: args.time_zone,
         ..PlanOptions::default()
     };
     let started = Instant::now();

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lamplighter_controller::influx::InfluxConfig;
 use lamplighter_controller::store::{self, ExportWhat, Store};
+use lamplighter_protocol::local_time::{days_of_date, TimeZone};
 
 /// The environment variable that holds the InfluxDB API token.
 pub const INFLUX_TOKEN_ENV: &str = "LAMPLIGHTER_INFLUX_TOKEN";
@@ -58,10 +59,10 @@ pub struct ExportArgs {
     /// unmetered-supply billing)
     #[arg(long)]
     pub what: ExportWhat,
-    /// half-hourly: the deployment's offset from UTC, minutes ([controller.policy]
-    /// utc_offset_min); dates in --from and --to are then local days.
-    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
-    pub utc_offset_min: i32,
+    /// half-hourly: the deployment's IANA time zone ([controller.policy] time_zone); dates
+    /// in --from and --to are then its local days, and its days number their periods.
+    #[arg(long, default_value = "Europe/London")]
+    pub time_zone: TimeZone,
     /// half-hourly: only this tenant's lamps.
     #[arg(long)]
     pub tenant: Option<String>,
@@ -83,33 +84,16 @@ pub struct BackupArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-/// `YYYY-MM-DD` (UTC midnight) or Unix seconds. `end` moves a date to the next midnight.
-pub fn parse_time(s: &str, end: bool) -> Result<i64> {
+/// `YYYY-MM-DD` (midnight in `time_zone`) or Unix seconds. `end` moves a date to the next
+/// midnight.
+pub fn parse_time(s: &str, end: bool, time_zone: TimeZone) -> Result<i64> {
     if let Ok(t) = s.parse::<i64>() {
         return Ok(t);
     }
-    let bad = || anyhow::anyhow!("expected YYYY-MM-DD or Unix seconds, got {s:?}");
-    let mut parts = s.split('-');
-    let (Some(y), Some(m), Some(d), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    let (y, m, d): (i64, i64, i64) = (
-        y.parse().map_err(|_| bad())?,
-        m.parse().map_err(|_| bad())?,
-        d.parse().map_err(|_| bad())?,
-    );
-    anyhow::ensure!((1..=12).contains(&m) && (1..=31).contains(&d), bad());
-    // Howard Hinnant's days_from_civil.
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Ok((days + end as i64) * 86_400)
+    let date = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| anyhow::anyhow!("expected YYYY-MM-DD or Unix seconds, got {s:?}"))?;
+    let day = days_of_date(date) + end as i64;
+    Ok((time_zone.instants_at_local(day, 0).0 .0 / 1000) as i64)
 }
 
 fn data_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
@@ -131,8 +115,13 @@ pub fn export(args: ExportArgs) -> Result<()> {
         "--format: only csv is supported, got {:?}",
         args.format
     );
-    let from = parse_time(&args.from, false).context("--from")?;
-    let to = parse_time(&args.to, true).context("--to")?;
+    // Half-hourly dates are local days; the other exports' are UTC ones.
+    let days_in = match args.what {
+        ExportWhat::HalfHourly => args.time_zone,
+        _ => TimeZone::UTC,
+    };
+    let from = parse_time(&args.from, false, days_in).context("--from")?;
+    let to = parse_time(&args.to, true, days_in).context("--to")?;
     anyhow::ensure!(from < to, "--from must be before --to");
     let dir = data_dir(args.data_dir)?;
     let store = Store::open_read_only(&dir)?;
@@ -144,27 +133,13 @@ pub fn export(args: ExportArgs) -> Result<()> {
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let rows = if args.what == ExportWhat::HalfHourly {
-        // A date is a local day; Unix seconds are taken as they are.
-        let local = |s: &str, t: i64| {
-            if s.parse::<i64>().is_ok() {
-                t
-            } else {
-                t - args.utc_offset_min as i64 * 60
-            }
-        };
         let tenant = args
             .tenant
             .as_deref()
             .map(lamplighter_protocol::TenantId::new)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
-        store.half_hourly_csv(
-            tenant.as_ref(),
-            local(&args.from, from),
-            local(&args.to, to),
-            args.utc_offset_min,
-            out,
-        )?
+        store.half_hourly_csv(tenant.as_ref(), from, to, args.time_zone, out)?
     } else {
         store.export_csv(args.what, from, to, out)?
     };
@@ -186,15 +161,22 @@ pub fn backup(args: BackupArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_time;
+    use super::{parse_time, TimeZone};
 
     #[test]
-    fn dates_parse_to_utc_midnights() {
-        assert_eq!(parse_time("1970-01-01", false).unwrap(), 0);
-        assert_eq!(parse_time("1970-01-01", true).unwrap(), 86_400);
-        assert_eq!(parse_time("2024-12-21", false).unwrap(), 1_734_739_200);
-        assert_eq!(parse_time("1734818400", true).unwrap(), 1_734_818_400);
-        assert!(parse_time("2024-13-01", false).is_err());
-        assert!(parse_time("yesterday", false).is_err());
+    fn dates_parse_to_midnights_in_the_time_zone_given() {
+        let utc = TimeZone::UTC;
+        assert_eq!(parse_time("1970-01-01", false, utc).unwrap(), 0);
+        assert_eq!(parse_time("1970-01-01", true, utc).unwrap(), 86_400);
+        assert_eq!(parse_time("2024-12-21", false, utc).unwrap(), 1_734_739_200);
+        assert_eq!(parse_time("1734818400", true, utc).unwrap(), 1_734_818_400);
+        assert!(parse_time("2024-13-01", false, utc).is_err());
+        assert!(parse_time("yesterday", false, utc).is_err());
+        // A London summer day starts at 23:00 UTC the day before.
+        let london = TimeZone::named("Europe/London").unwrap();
+        assert_eq!(
+            parse_time("2025-07-01", false, london).unwrap(),
+            1_751_324_400
+        );
     }
 }

@@ -14,7 +14,7 @@ use lamplighter_controller::core::policy::{PolicyConfig, POLICY_NAMES};
 use lamplighter_controller::core::ZoneParams;
 use lamplighter_controller::store::{NewNode, Store};
 use lamplighter_protocol::time::ScaledClock;
-use lamplighter_protocol::{sun, LampId, TenantId, UnixMs};
+use lamplighter_protocol::{sun, TenantId, UnixMs};
 use lamplighter_simulator::demand::PeakRates;
 use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown, LorawanAir};
 
@@ -345,14 +345,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
             let new: Vec<NewNode> = town
                 .lamps
                 .iter()
-                .map(|l| NewNode {
-                    lamp: LampId(l.id.0),
-                    tenant: tenant.clone(),
-                    zone: l.zone,
-                    lat: l.lat,
-                    lon: l.lon,
-                    rated_power_w: l.rated_power_w,
-                })
+                .map(|l| NewNode::from_town(&tenant, l))
                 .collect();
             let added = store.provision(&new)?;
             tracing::info!(added, dir = %data_dir.display(), "provisioned the demo town");
@@ -434,7 +427,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         clock,
         report_interval_s: args.report_interval_s,
         silence_timeout_s: 900,
-        utc_offset_min: 0,
+        time_zone: lamplighter_protocol::local_time::DEFAULT_TIME_ZONE,
         demand: Some(PeakRates::default()),
         seed: args.seed,
     };

@@ -370,11 +370,11 @@ impl LiveSource for Dashboard {
         from_s: i64,
         to_s: i64,
     ) -> Result<String, SourceError> {
-        let offset = self.controller.utc_offset_min();
+        let time_zone = self.controller.time_zone();
         let store = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         store
-            .half_hourly_csv(tenant, from_s, to_s, offset, &mut out)
+            .half_hourly_csv(tenant, from_s, to_s, time_zone, &mut out)
             .map_err(|e| SourceError::Invalid(e.to_string()))?;
         String::from_utf8(out).map_err(|e| SourceError::Internal(e.to_string()))
     }

@@ -64,8 +64,8 @@ fn half_hourly_export_gives_every_lamp_every_local_period() {
         "2024-12-21",
         "--what",
         "half-hourly",
-        "--utc-offset-min",
-        "60",
+        "--time-zone",
+        "Etc/GMT-1",
         "--tenant",
         "bath",
         "--data-dir",
@@ -85,7 +85,28 @@ fn half_hourly_export_gives_every_lamp_every_local_period() {
     );
     assert!(lines[48].starts_with("2024-12-21,48,2024-12-21T22:30:00Z,"));
 
-    // Every tenant, UTC: wells' lamp gets its empty grid too.
+    // A time zone that does not exist is refused, saying which names are meant.
+    let bad = run(&[
+        "export",
+        "--from",
+        "2024-12-21",
+        "--to",
+        "2024-12-21",
+        "--what",
+        "half-hourly",
+        "--time-zone",
+        "Mars/Olympus",
+        "--data-dir",
+        d,
+    ]);
+    assert!(!bad.ok);
+    assert!(
+        bad.stderr.contains("unknown time zone \"Mars/Olympus\""),
+        "{}",
+        bad.stderr
+    );
+
+    // Every tenant, London (GMT in December): wells' lamp gets its empty grid too.
     let Run {
         ok,
         stdout: csv,

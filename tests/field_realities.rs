@@ -783,3 +783,55 @@ async fn the_forecasters_resume_after_a_restart() {
 fn zone_view_learned(v: &lamplighter_controller::core::ZoneDemandView) -> Option<u64> {
     v.forecaster_learned_until_ms
 }
+
+/// Item 6: the controller's clock set either side of a change of London's clocks, with live
+/// nodes over the real broker under `part-night` (05:30 local: back to 100 %). After the
+/// spring change 05:30 BST is 04:30 UTC; after the autumn one, 05:30 GMT is 05:30 UTC. The
+/// nodes must apply the 100 % command at that instant, not an hour off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lamps_keep_to_londons_clocks_after_both_2025_changes() {
+    // (controller clock starts, the 05:30 local step in UTC)
+    let spring_step = UnixMs(1_743_309_000_000); // 2025-03-30 04:30 UTC
+    let autumn_step = UnixMs(1_761_456_600_000); // 2025-10-26 05:30 UTC
+    for step in [spring_step, autumn_step] {
+        let _slot = one_system_at_a_time();
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = TenantId::new("bristol").unwrap();
+        crate::util::provision_town(dir.path(), &tenant, 40, 3);
+        let mut config = crate::util::system_config();
+        config.controller.report_interval_s = 60;
+        config.controller.policy = PolicyConfig::named("part-night").unwrap();
+        // 20 simulated minutes before the step, at 60x: 20 s to start and settle at 50 %.
+        let clock = ScaledClock::starting_at(UnixMs(step.0 - 20 * 60_000), 60.0);
+        let (system, nodes) = system::start(&config, dir.path(), clock).await.unwrap();
+        let town = crate::util::live_town(system.mqtt_addr, &nodes, &tenant, clock, 60, 1);
+        let probes = &town.probes;
+        let all_at = |pct: f32| {
+            probes.iter().all(|p| {
+                p.commands_applied
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    >= 1
+                    && p.target_pct() == pct
+            })
+        };
+        crate::util::wait_for("every lamp at 50 %", Duration::from_secs(20), || {
+            all_at(50.0)
+        })
+        .await;
+        assert!(clock.now() < step, "settled before the step at {step:?}");
+        crate::util::wait_for("every lamp at 100 %", Duration::from_secs(30), || {
+            all_at(100.0)
+        })
+        .await;
+        for (i, p) in probes.iter().enumerate() {
+            let applied = UnixMs(p.last_command_ms.load(std::sync::atomic::Ordering::Relaxed));
+            assert!(
+                // At 60x a controller tick is 12 simulated seconds; an hour off is the bug.
+                applied >= step && applied.since(step) <= 180_000,
+                "lamp {i}: 100 % applied at {applied:?}, the step is at {step:?}"
+            );
+        }
+        town.stop();
+        system.shutdown().await;
+    }
+}

@@ -19,7 +19,7 @@ use lamplighter::system::SystemConfig;
 use lamplighter_controller::store::{NewNode, Store, StoredNode};
 use lamplighter_protocol::payload::{FaultFlags, NodeMode, Presence, ReportTrigger, StatusReport};
 use lamplighter_protocol::time::ScaledClock;
-use lamplighter_protocol::{LampId, TenantId};
+use lamplighter_protocol::TenantId;
 use lamplighter_simulator::live::{LiveConfig, LiveNode, LiveTown};
 
 /// Where the procedural test towns stand: Bristol (the demo's town), so the sun and the
@@ -98,14 +98,7 @@ pub fn provision_town(dir: &Path, tenant: &TenantId, lamps: usize, seed: u64) ->
     let new: Vec<NewNode> = town
         .lamps
         .iter()
-        .map(|l| NewNode {
-            lamp: LampId(l.id.0),
-            tenant: tenant.clone(),
-            zone: l.zone,
-            lat: l.lat,
-            lon: l.lon,
-            rated_power_w: l.rated_power_w,
-        })
+        .map(|l| NewNode::from_town(tenant, l))
         .collect();
     assert_eq!(store.provision(&new).unwrap(), lamps);
     store.nodes().unwrap()
@@ -141,7 +134,7 @@ pub fn live_town(
             clock,
             report_interval_s,
             silence_timeout_s: 900,
-            utc_offset_min: 0,
+            time_zone: lamplighter_protocol::local_time::DEFAULT_TIME_ZONE,
             demand: None,
             seed,
         },

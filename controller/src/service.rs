@@ -204,10 +204,10 @@ impl ControllerHandle {
         }
         Ok(fault)
     }
-    /// The deployment's offset from UTC (`[controller.policy] utc_offset_min`): where its
-    /// days start, for the energy figures and the half-hourly export.
-    pub fn utc_offset_min(&self) -> i32 {
-        self.core().config().policy.utc_offset_min
+    /// The deployment's time zone (`[controller.policy] time_zone`): where its days start,
+    /// for the energy figures and the half-hourly export.
+    pub fn time_zone(&self) -> lamplighter_protocol::local_time::TimeZone {
+        self.core().config().policy.time_zone
     }
     /// What a kWh costs (`[controller.tariff]`).
     pub fn tariff(&self) -> crate::tariff::Tariff {
@@ -221,11 +221,11 @@ impl ControllerHandle {
         store: &crate::store::Store,
         tenant: &TenantId,
     ) -> Result<crate::store::EnergySummary, crate::store::EnergyError> {
-        let (offset, tariff) = {
+        let (time_zone, tariff) = {
             let core = self.core();
-            (core.config().policy.utc_offset_min, core.config().tariff)
+            (core.config().policy.time_zone, core.config().tariff)
         };
-        store.energy_summary(tenant, self.now(), offset, &tariff)
+        store.energy_summary(tenant, self.now(), time_zone, &tariff)
     }
     /// Runs `f` on the core (for overrides and tests), under the lock.
     pub fn with_core<T>(&self, f: impl FnOnce(&mut ControllerCore, UnixMs) -> T) -> T {

@@ -81,6 +81,20 @@ pub struct NewNode {
     pub rated_power_w: f32,
 }
 
+impl NewNode {
+    /// A town's lamp (real or procedural), provisioned for `tenant`.
+    pub fn from_town(tenant: &TenantId, lamp: &lamplighter_town::Lamp) -> Self {
+        NewNode {
+            lamp: LampId(lamp.id.0),
+            tenant: tenant.clone(),
+            zone: lamp.zone,
+            lat: lamp.lat,
+            lon: lamp.lon,
+            rated_power_w: lamp.rated_power_w,
+        }
+    }
+}
+
 /// A provisioned node with the MQTT credentials it connects with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredNode {

@@ -1125,6 +1125,9 @@ struct SettingsRequest {
     min_level_pct: u8,
     ramp_up_ms: u32,
     ramp_down_ms: u32,
+    /// An IANA name; left out, the zone keeps its time zone.
+    #[serde(default)]
+    time_zone: Option<lamplighter_protocol::local_time::TimeZone>,
     reason: String,
 }
 
@@ -1157,6 +1160,7 @@ async fn set_zone_settings(
         min_level_pct: req.min_level_pct,
         ramp_up_ms: req.ramp_up_ms,
         ramp_down_ms: req.ramp_down_ms,
+        time_zone: req.time_zone,
     };
     let before = match state.source.zone_settings(&tenant, zone) {
         Ok(s) => s,

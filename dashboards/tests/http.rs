@@ -645,6 +645,7 @@ fn default_settings() -> lamplighter_dashboards::ZoneSettings {
         min_level_pct: 20,
         ramp_up_ms: 1000,
         ramp_down_ms: 20000,
+        time_zone: None,
     }
 }
 

@@ -9,12 +9,14 @@
 //!   protection never depend on the MQTT broker.
 //! - [`topics`]: the MQTT topic layout, with a tenant segment.
 //! - [`time`]: `UnixMs`, the one time type the sans-IO cores take as `now`.
+//! - [`local_time`]: `TimeZone`, an IANA zone: local wall-clock time across DST changes.
 //! - [`sun`]: solar elevation, so nodes and controller agree on dusk and dawn from a position.
 //! - [`hint`]: cache prefetch hints for the simulator's hot loops (no effect on state).
 
 pub mod class;
 pub mod hint;
 pub mod ids;
+pub mod local_time;
 pub mod lorawan;
 pub mod payload;
 pub mod sun;

@@ -23,6 +23,7 @@ use lamplighter_edge::core::{NodeConfig, NodeCore};
 use lamplighter_edge::hardware::SimulatedLamp;
 use lamplighter_edge::radio::{run_radio_node, SimulatedRadio};
 use lamplighter_edge::RoadUser;
+use lamplighter_protocol::local_time::TimeZone;
 use lamplighter_protocol::lorawan::radio::DataRate;
 use lamplighter_protocol::lorawan::SessionKeys;
 use lamplighter_protocol::payload::FailSafeProfile;
@@ -82,7 +83,9 @@ pub struct LiveConfig {
     pub clock: ScaledClock,
     pub report_interval_s: u32,
     pub silence_timeout_s: u16,
-    pub utc_offset_min: i16,
+    /// The town's clocks, for its road users' time of day; a node's fail-safe takes the
+    /// offset in force when it starts (a node keeps one offset).
+    pub time_zone: TimeZone,
     /// Road users; None for a town without traffic (tests inject presence themselves).
     pub demand: Option<PeakRates>,
     pub seed: u64,
@@ -134,8 +137,10 @@ impl LiveTown {
             let mut node_config =
                 NodeConfig::new(node.dev_eui, node.dev_addr, node.keys, node.lat, node.lon);
             node_config.report_interval_s = config.report_interval_s;
-            node_config.fail_safe =
-                FailSafeProfile::part_night(config.utc_offset_min, config.silence_timeout_s);
+            node_config.fail_safe = FailSafeProfile::part_night(
+                config.time_zone.offset_min_at(now) as i16,
+                config.silence_timeout_s,
+            );
             let core = NodeCore::new(node_config, now, node.fcnt_up, node.energy_wh);
             let hardware = SimulatedLamp::new(node.lat, node.lon, node.rated_power_w);
             let link = MqttLink {
@@ -165,7 +170,7 @@ impl LiveTown {
                 latencies_ms.clone(),
                 peak,
                 config.clock,
-                config.utc_offset_min,
+                config.time_zone,
                 config.seed,
             )));
         }
@@ -207,8 +212,10 @@ impl LiveTown {
             let mut node_config =
                 NodeConfig::new(node.dev_eui, node.dev_addr, node.keys, node.lat, node.lon);
             node_config.report_interval_s = config.report_interval_s;
-            node_config.fail_safe =
-                FailSafeProfile::part_night(config.utc_offset_min, config.silence_timeout_s);
+            node_config.fail_safe = FailSafeProfile::part_night(
+                config.time_zone.offset_min_at(now) as i16,
+                config.silence_timeout_s,
+            );
             node_config.multicast = node.multicast;
             let core = NodeCore::new(node_config, now, node.fcnt_up, node.energy_wh);
             let hardware = SimulatedLamp::new(node.lat, node.lon, node.rated_power_w);
@@ -238,7 +245,7 @@ impl LiveTown {
                 latencies_ms.clone(),
                 peak,
                 config.clock,
-                config.utc_offset_min,
+                config.time_zone,
                 config.seed,
             )));
         }
@@ -336,7 +343,7 @@ async fn road_users(
     latencies_ms: Arc<std::sync::Mutex<Vec<u64>>>,
     peak: PeakRates,
     clock: ScaledClock,
-    utc_offset_min: i16,
+    time_zone: TimeZone,
     seed: u64,
 ) {
     use std::sync::atomic::Ordering;
@@ -362,7 +369,7 @@ async fn road_users(
                 now.0.saturating_sub(t0) < 60_000
             }
         });
-        let rates = demand::rates_per_s(peak, now.local_seconds_of_day(utc_offset_min as i32));
+        let rates = demand::rates_per_s(peak, time_zone.seconds_of_day(now));
         for (i, tx) in lamps.iter().enumerate() {
             for &(who, rate) in &rates {
                 // P(at least one arrival in dt) for small rate * dt; several in one check are

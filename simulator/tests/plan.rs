@@ -207,3 +207,70 @@ fn regions_keep_every_road_user_and_leave_the_baselines_unchanged() {
     let zero = PlanOptions { regions: 0, ..opts };
     assert!(plan::run(&zero, &mut |_| {}).is_err());
 }
+
+/// A part-night run over each 2025 clock-change night, on London's clocks and on UTC: the
+/// steps, and the match on the Sunday evening, move with the clocks.
+#[test]
+fn the_nights_of_both_2025_clock_changes_run_on_londons_clocks() {
+    use lamplighter_protocol::local_time::TimeZone;
+    use lamplighter_protocol::UnixMs;
+    let run = |start_ms: u64, zone: &str| {
+        let opts = PlanOptions {
+            policies: vec!["part-night".into()],
+            start: Some(UnixMs(start_ms)),
+            time_zone: Some(TimeZone::named(zone).unwrap()),
+            ..small(5, 60)
+        };
+        plan::run(&opts, &mut |_| {}).unwrap()
+    };
+    let kwh = |r: &plan::PlanReport, hour: usize| r.policies["part-night"].energy_by_hour_kwh[hour];
+    let match_from_h = |r: &plan::PlanReport| {
+        r.traffic_events
+            .iter()
+            .find(|e| e.name == "match ends")
+            .map(|e| e.from_h)
+    };
+    // Saturday 12:00 UTC before each change; hour h of a run is h:00-h+1:00 after it.
+    let spring = 1_743_249_600_000; // 2025-03-29 12:00 UTC
+    let autumn = 1_761_393_600_000; // 2025-10-25 12:00 UTC
+    let (london, utc) = (run(spring, "Europe/London"), run(spring, "UTC"));
+    assert_eq!(london.parameters.time_zone.name(), "Europe/London");
+    // Until the change (01:00 UTC, hour 13) both are on GMT: the same lamps, the same levels.
+    for h in 6..13 {
+        assert!(
+            (kwh(&london, h) - kwh(&utc, h)).abs() < 1e-9,
+            "spring hour {h}"
+        );
+    }
+    // 05:30 BST is 04:30 UTC: London's lamps go back to 100 % an hour before UTC's.
+    assert!(
+        kwh(&london, 16) > kwh(&utc, 16) * 1.2,
+        "spring 04:00-05:00 UTC: {} vs {}",
+        kwh(&london, 16),
+        kwh(&utc, 16)
+    );
+    // The match ends at 21:45 local on the Sunday: 20:45 UTC in summer time.
+    assert_eq!(match_from_h(&london), Some(32.75));
+    assert_eq!(match_from_h(&utc), Some(33.75));
+
+    let (london, utc) = (run(autumn, "Europe/London"), run(autumn, "UTC"));
+    // Saturday is still summer time: 22:00 BST is 21:00 UTC (hour 9), midnight 23:00 UTC.
+    for h in [9, 11] {
+        assert!(
+            kwh(&london, h) < kwh(&utc, h) * 0.95,
+            "autumn hour {h}: {} vs {}",
+            kwh(&london, h),
+            kwh(&utc, h)
+        );
+    }
+    // From 01:00 UTC both are on GMT again: 05:30 is 05:30 UTC for both.
+    for h in 13..17 {
+        assert!(
+            (kwh(&london, h) - kwh(&utc, h)).abs() < 1e-9,
+            "autumn hour {h}"
+        );
+    }
+    // Sunday is back on GMT: 21:45 UTC for both.
+    assert_eq!(match_from_h(&london), Some(33.75));
+    assert_eq!(match_from_h(&utc), Some(33.75));
+}

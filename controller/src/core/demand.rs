@@ -5,9 +5,9 @@
 //! its previous report. A road user passes every lamp of a street, so the zone's demand is the
 //! flow past one point: the interval's detections divided by the number of the zone's lamps
 //! that reported in it, per hour. When an interval ends (the first `handle_*` call after its
-//! end) each mode's flow feeds that mode's [`Forecaster`] (local wall-clock time from `now` and
-//! the configured UTC offset), and the zone's [`ClassSelector`] hears the classes down that the
-//! measured flow and the forecast's upper quantile over the lead time allow. The forecast of
+//! end) each mode's flow feeds that mode's [`Forecaster`] (local wall-clock time in the zone's
+//! time zone, so its daily profile moves with the clocks in summer), and the zone's
+//! [`ClassSelector`] hears the classes down that the measured flow and the forecast's upper quantile over the lead time allow. The forecast of
 //! the total is the sum of the modes' forecasts; summing 90th percentiles over-states the total's
 //! 90th percentile, which errs on the side of light.
 //!
@@ -204,8 +204,9 @@ impl ZoneState {
             self.counts
                 .map(|c| c as f64 / self.reporters as f64 * per_h)
         });
-        let start_local_s =
-            (index * Self::interval_ms(policy) / 1000) as i64 + policy.utc_offset_min as i64 * 60;
+        let start_local_s = policy
+            .time_zone
+            .local_epoch_s(UnixMs(index * Self::interval_ms(policy)));
         for (k, f) in self.forecasters.iter_mut().enumerate() {
             f.update(start_local_s, rates.map(|r| r[k]));
         }

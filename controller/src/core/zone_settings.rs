@@ -2,6 +2,7 @@
 //! design class, the minimum level and the ramps. The core keeps it (by zone index) and
 //! re-decides the zone's lamps at once; lamps of other zones keep the configured policy.
 
+use lamplighter_protocol::local_time::TimeZone;
 use lamplighter_protocol::{TenantId, UnixMs, ZoneId};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,10 @@ pub struct ZoneSettings {
     /// For a full 0-100 % swing, up and down.
     pub ramp_up_ms: u32,
     pub ramp_down_ms: u32,
+    /// The zone's IANA time zone; left out, the zone keeps the one it has (the configured
+    /// `[controller.policy] time_zone` until one is set).
+    #[serde(default)]
+    pub time_zone: Option<TimeZone>,
 }
 
 /// Why zone settings were refused.
@@ -57,13 +62,14 @@ impl ControllerCore {
             min_level_pct: p.min_level_pct,
             ramp_up_ms: p.ramp_up_ms,
             ramp_down_ms: p.ramp_down_ms,
+            time_zone: Some(p.time_zone),
         })
     }
 
     /// Sets a zone's policy settings and re-decides its lamps at once. The zone's policy is
     /// the named one (the configured policy itself when the name is the same), with the
-    /// configured UTC offset and these limits; it is validated as a whole. Returns the lamps
-    /// in the zone.
+    /// zone's time zone (or the one given) and these limits; it is validated as a whole.
+    /// Returns the lamps in the zone.
     pub fn set_zone_settings(
         &mut self,
         now: UnixMs,
@@ -74,15 +80,15 @@ impl ControllerCore {
         let z = self
             .zone_index(tenant, zone)
             .ok_or(ZoneSettingsError::UnknownZone)?;
+        let time_zone = settings.time_zone.unwrap_or(self.policy_of(z).time_zone);
         let mut p = if settings.policy == self.config.policy.name {
             self.config.policy.clone()
         } else {
-            let mut p = PolicyConfig::named(&settings.policy).ok_or_else(|| {
+            PolicyConfig::named(&settings.policy).ok_or_else(|| {
                 ZoneSettingsError::Policy(PolicyError::UnknownName(settings.policy.clone()))
-            })?;
-            p.utc_offset_min = self.config.policy.utc_offset_min;
-            p
+            })?
         };
+        p.time_zone = time_zone;
         p.min_level_pct = settings.min_level_pct;
         p.ramp_up_ms = settings.ramp_up_ms;
         p.ramp_down_ms = settings.ramp_down_ms;

@@ -14,9 +14,8 @@
 //! # Periods
 //!
 //! Today, this week (from Monday) and this month, each from its local midnight to `now`,
-//! local meaning the deployment's fixed offset from UTC (`[controller.policy]
-//! utc_offset_min`; no daylight-saving changes). The offset must be a whole number of
-//! 15-minute rollup buckets, which every offset in use today is.
+//! local meaning the deployment's time zone (`[controller.policy] time_zone`, summer time
+//! included): the day of a clock change has 23 or 25 hours.
 //!
 //! # Baselines
 //!
@@ -39,8 +38,10 @@
 //!
 //! `date,period,period_start_utc,tenant,zone,lamp_id,dev_eui,rated_power_w,energy_kwh,readings`
 //!
-//! - `date`: the local day (`YYYY-MM-DD`, the deployment's fixed offset).
-//! - `period`: 1-48, period 1 starting at local midnight.
+//! - `date`: the local day (`YYYY-MM-DD`, the deployment's time zone).
+//! - `period`: 1-48, period 1 starting at local midnight; 1-46 on the day the clocks go
+//!   forward and 1-50 on the day they go back, as settlement periods are counted. A time
+//!   zone whose offset is not whole half-hours has no such periods and is refused.
 //! - `period_start_utc`: when the period starts, ISO 8601 UTC.
 //! - `energy_kwh`: metered energy in the period, kWh, 4 decimals (the meters' 0.1 Wh).
 //! - `readings`: readings that carried it; `0` means no data for the period (the lamp did
@@ -52,6 +53,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
+use lamplighter_protocol::local_time::{date_of_days, days_of_date, TimeZone};
 use lamplighter_protocol::{sun, TenantId, UnixMs};
 use lamplighter_town::LedPowerModel;
 use rusqlite::params;
@@ -66,7 +68,6 @@ pub const BASELINES: [&str; 2] = ["full", "part-night"];
 
 const BUCKET_S: i64 = 900;
 const HALF_HOUR_S: i64 = 1800;
-const DAY_S: i64 = 86_400;
 
 pub use crate::tariff::{Tariff, TariffError};
 
@@ -76,8 +77,11 @@ pub enum EnergyError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tariff(#[from] TariffError),
-    #[error("utc_offset_min {0} is not a whole number of 15-minute buckets within +/-14 h")]
-    Offset(i32),
+    #[error(
+        "time zone {zone} is {offset_min} min from UTC: half-hourly settlement periods need \
+         whole half-hours"
+    )]
+    Offset { zone: TimeZone, offset_min: i32 },
     #[error("the range must start before it ends: {from_s} >= {to_s}")]
     Range { from_s: i64, to_s: i64 },
 }
@@ -116,57 +120,22 @@ pub struct EnergyPeriod {
 pub struct EnergySummary {
     pub tenant: TenantId,
     pub now_ms: u64,
-    pub utc_offset_min: i32,
+    pub time_zone: TimeZone,
     pub tariff: Tariff,
     pub today: EnergyPeriod,
     pub week: EnergyPeriod,
     pub month: EnergyPeriod,
 }
 
-fn check_offset(utc_offset_min: i32) -> Result<i64, EnergyError> {
-    if utc_offset_min % 15 != 0 || utc_offset_min.abs() > 14 * 60 {
-        return Err(EnergyError::Offset(utc_offset_min));
-    }
-    Ok(utc_offset_min as i64 * 60)
-}
-
-/// Howard Hinnant's civil_from_days: (year, month, day) of a day count from 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + (m <= 2) as i64, m, d)
-}
-
-/// Howard Hinnant's days_from_civil.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// The starts (Unix seconds) of the local day, week (Monday) and month holding `now_s`.
-pub fn period_starts(now_s: i64, utc_offset_min: i32) -> Result<(i64, i64, i64), EnergyError> {
-    let off = check_offset(utc_offset_min)?;
-    let day = (now_s + off).div_euclid(DAY_S);
-    // 1970-01-01 was a Thursday: Monday is 0 for day counts 4, 11, ...
-    let weekday = (day + 3).rem_euclid(7);
-    let (y, m, _) = civil_from_days(day);
-    let start = |d: i64| d * DAY_S - off;
-    Ok((
-        start(day),
-        start(day - weekday),
-        start(days_from_civil(y, m, 1)),
-    ))
+pub fn period_starts(now_s: i64, time_zone: TimeZone) -> (i64, i64, i64) {
+    let now = UnixMs((now_s.max(0) * 1000) as u64);
+    let day = time_zone.local_days(now);
+    let date = date_of_days(day);
+    let weekday = chrono::Datelike::weekday(&date).num_days_from_monday() as i64;
+    let month_day = days_of_date(chrono::Datelike::with_day(&date, 1).unwrap_or(date));
+    let start = |d: i64| (time_zone.instants_at_local(d, 0).0 .0 / 1000) as i64;
+    (start(day), start(day - weekday), start(month_day))
 }
 
 /// The levels one baseline gives over a bucket: (level, minutes), usually one entry.
@@ -179,19 +148,11 @@ struct BaselineLevels {
 }
 
 impl BaselineLevels {
-    fn new(utc_offset_min: i32) -> Self {
+    fn new(time_zone: TimeZone) -> Self {
         let policies = BASELINES
             .iter()
             .filter_map(|&name| {
-                PolicyConfig::named(name).map(|p| {
-                    (
-                        name,
-                        PolicyConfig {
-                            utc_offset_min,
-                            ..p
-                        },
-                    )
-                })
+                PolicyConfig::named(name).map(|p| (name, PolicyConfig { time_zone, ..p }))
             })
             .collect();
         BaselineLevels {
@@ -285,18 +246,18 @@ impl Sums {
 
 impl Store {
     /// Today, this week (from Monday) and this month of `tenant` up to `now`, with days in
-    /// the deployment's `utc_offset_min`: metered kWh, GBP, t CO2e, and savings against the
+    /// the deployment's time zone: metered kWh, GBP, t CO2e, and savings against the
     /// `full` and `part-night` baselines (the module documentation gives the method).
     pub fn energy_summary(
         &self,
         tenant: &TenantId,
         now: UnixMs,
-        utc_offset_min: i32,
+        time_zone: TimeZone,
         tariff: &Tariff,
     ) -> Result<EnergySummary, EnergyError> {
         tariff.validate()?;
         let now_s = (now.0 / 1000) as i64;
-        let (day_s, week_s, month_s) = period_starts(now_s, utc_offset_min)?;
+        let (day_s, week_s, month_s) = period_starts(now_s, time_zone);
         let from_s = week_s.min(month_s);
         let mut periods: [(i64, Sums); 3] = [
             (day_s, Sums::default()),
@@ -373,7 +334,7 @@ impl Store {
             let (w2, a2, o2) = places[*p2];
             (b1, w1.to_bits(), a1, o1).cmp(&(b2, w2.to_bits(), a2, o2))
         });
-        let mut levels = BaselineLevels::new(utc_offset_min);
+        let mut levels = BaselineLevels::new(time_zone);
         let mut models: HashMap<u32, LedPowerModel> = HashMap::new();
         for ((bucket_s, place), (lamps, dwh)) in groups {
             let (rated_w, lat_q, lon_q) = places[place];
@@ -402,7 +363,7 @@ impl Store {
         Ok(EnergySummary {
             tenant: tenant.clone(),
             now_ms: now.0,
-            utc_offset_min,
+            time_zone,
             tariff: *tariff,
             today,
             week,
@@ -419,16 +380,33 @@ impl Store {
         tenant: Option<&TenantId>,
         from_s: i64,
         to_s: i64,
-        utc_offset_min: i32,
+        time_zone: TimeZone,
         mut out: impl Write,
     ) -> Result<u64, EnergyError> {
-        let off = check_offset(utc_offset_min)?;
         if from_s >= to_s {
             return Err(EnergyError::Range { from_s, to_s });
         }
-        // Local half-hours: [first, last) in half-hour numbers since the local epoch.
-        let first = (from_s + off).div_euclid(HALF_HOUR_S);
-        let last = (to_s + off + HALF_HOUR_S - 1).div_euclid(HALF_HOUR_S);
+        // Half-hours [first, last) since the epoch; a zone of whole half-hour offsets has
+        // local half-hours that are UTC ones. Each is labelled with its local date and its
+        // number from local midnight, once for every lamp.
+        let first = from_s.div_euclid(HALF_HOUR_S);
+        let last = (to_s + HALF_HOUR_S - 1).div_euclid(HALF_HOUR_S);
+        let mut periods = Vec::with_capacity((last - first).max(0) as usize);
+        for hh in first..last {
+            let start = UnixMs((hh.max(0) * HALF_HOUR_S * 1000) as u64);
+            let offset_min = time_zone.offset_min_at(start);
+            if offset_min % 30 != 0 {
+                return Err(EnergyError::Offset {
+                    zone: time_zone,
+                    offset_min,
+                });
+            }
+            let day = time_zone.local_days(start);
+            let midnight_s = (time_zone.instants_at_local(day, 0).0 .0 / 1000) as i64;
+            let period = (hh * HALF_HOUR_S - midnight_s).div_euclid(HALF_HOUR_S) + 1;
+            let date = date_of_days(day).format("%Y-%m-%d").to_string();
+            periods.push((hh, date, period));
+        }
         writeln!(
             out,
             "date,period,period_start_utc,tenant,zone,lamp_id,dev_eui,rated_power_w,energy_kwh,readings"
@@ -452,7 +430,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT (bucket_s + ?4) / 1800, SUM(energy_dwh), SUM(readings) FROM rollup_15m
+                "SELECT bucket_s / 1800, SUM(energy_dwh), SUM(readings) FROM rollup_15m
                  WHERE lamp_id = ?1 AND bucket_s >= ?2 AND bucket_s < ?3
                  GROUP BY 1 ORDER BY 1",
             )
@@ -461,12 +439,7 @@ impl Store {
         for (lamp, tenant, zone, dev_eui, rated_w) in &lamps {
             let mut data: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
             let mut rows = stmt
-                .query(params![
-                    lamp,
-                    first * HALF_HOUR_S - off,
-                    last * HALF_HOUR_S - off,
-                    off
-                ])
+                .query(params![lamp, first * HALF_HOUR_S, last * HALF_HOUR_S])
                 .map_err(self.sql())?;
             while let Some(r) = rows.next().map_err(self.sql())? {
                 let row = (|| -> rusqlite::Result<(i64, i64, i64)> {
@@ -476,15 +449,12 @@ impl Store {
                 data.insert(row.0, (row.1, row.2));
             }
             let tenant = super::export::field(tenant);
-            for hh in first..last {
-                let local_s = hh * HALF_HOUR_S;
-                let (y, m, d) = civil_from_days(local_s.div_euclid(DAY_S));
-                let period = local_s.rem_euclid(DAY_S) / HALF_HOUR_S + 1;
-                let (dwh, readings) = data.get(&hh).copied().unwrap_or((0, 0));
+            for (hh, date, period) in &periods {
+                let (dwh, readings) = data.get(hh).copied().unwrap_or((0, 0));
                 writeln!(
                     out,
-                    "{y:04}-{m:02}-{d:02},{period},{},{tenant},{zone},{lamp},{dev_eui},{rated_w},{:.4},{readings}",
-                    iso8601(local_s - off),
+                    "{date},{period},{},{tenant},{zone},{lamp},{dev_eui},{rated_w},{:.4},{readings}",
+                    iso8601(hh * HALF_HOUR_S),
                     dwh as f64 / 10_000.0,
                 )
                 .map_err(StoreError::from)?;

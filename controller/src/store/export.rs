@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags};
 
+use lamplighter_protocol::local_time::TimeZone;
+
 use super::{Store, StoreError, DB_FILE, SCHEMA_VERSION};
 
 /// What to export.
@@ -17,7 +19,7 @@ pub enum ExportWhat {
     /// Energy per lamp per UTC day, Wh, from the daily rollups (kept for years).
     Energy,
     /// Half-hourly consumption per lamp for unmetered-supply billing (UTC periods here;
-    /// [`Store::half_hourly_csv`] takes the deployment's offset and a tenant).
+    /// [`Store::half_hourly_csv`] takes the deployment's time zone and a tenant).
     HalfHourly,
     /// Commands (level, ramp, reason), rejected uplinks, and faults raised, acknowledged
     /// and cleared (who, and why, in `user` and `detail`; the fault kind in `reason`), by
@@ -118,7 +120,7 @@ impl Store {
         match what {
             ExportWhat::HalfHourly => {
                 return self
-                    .half_hourly_csv(None, from_s, to_s, 0, out)
+                    .half_hourly_csv(None, from_s, to_s, TimeZone::UTC, out)
                     .map_err(|e| match e {
                         super::EnergyError::Store(e) => e,
                         e => StoreError::Invalid(e.to_string()),

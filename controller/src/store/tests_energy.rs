@@ -1,6 +1,7 @@
 //! Energy against a real SQLite file with known readings: exact kWh per half hour, local
 //! day boundaries, today/week/month, and the baselines from the lamps' power model.
 
+use lamplighter_protocol::local_time::TimeZone;
 use lamplighter_protocol::payload::*;
 use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
 use lamplighter_town::LedPowerModel;
@@ -68,11 +69,16 @@ fn store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// A zone a fixed number of minutes (whole hours) east of UTC.
+fn fixed(offset_min: i32) -> TimeZone {
+    TimeZone::fixed_hours(offset_min / 60).unwrap()
+}
+
 fn csv_rows(store: &Store, tenant: Option<&str>, from: i64, to: i64, off: i32) -> Vec<String> {
     let tenant = tenant.map(|t| TenantId::new(t).unwrap());
     let mut out = Vec::new();
     let n = store
-        .half_hourly_csv(tenant.as_ref(), from, to, off, &mut out)
+        .half_hourly_csv(tenant.as_ref(), from, to, fixed(off), &mut out)
         .unwrap();
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -151,35 +157,90 @@ fn half_hourly_export_is_exact_per_period_with_local_day_boundaries() {
         rows[2]
     );
     assert!(matches!(
-        store.half_hourly_csv(None, DAY0, DAY0, 0, Vec::new()),
+        store.half_hourly_csv(None, DAY0, DAY0, TimeZone::UTC, Vec::new()),
         Err(EnergyError::Range { .. })
     ));
+    // Nepal is 5 h 45 min ahead: no half-hour settlement periods.
+    let kathmandu = TimeZone::named("Asia/Kathmandu").unwrap();
     assert!(matches!(
-        store.half_hourly_csv(None, DAY0, DAY0 + H, 7, Vec::new()),
-        Err(EnergyError::Offset(7))
+        store.half_hourly_csv(None, DAY0, DAY0 + H, kathmandu, Vec::new()),
+        Err(EnergyError::Offset {
+            offset_min: 345,
+            ..
+        })
     ));
+}
+
+#[test]
+fn half_hourly_days_of_a_clock_change_have_46_and_50_settlement_periods() {
+    let (_dir, store) = store();
+    let london = TimeZone::named("Europe/London").unwrap();
+    // (local day, its first period's start in UTC, periods)
+    for (day, first_start, periods) in [
+        ("2025-03-30", "2025-03-30T00:00:00Z", 46),
+        ("2025-10-26", "2025-10-25T23:00:00Z", 50),
+        ("2025-07-01", "2025-06-30T23:00:00Z", 48),
+    ] {
+        let date = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
+        let d = lamplighter_protocol::local_time::days_of_date(date);
+        let from = (london.instants_at_local(d, 0).0 .0 / 1000) as i64;
+        let to = (london.instants_at_local(d + 1, 0).0 .0 / 1000) as i64;
+        let mut out = Vec::new();
+        store
+            .half_hourly_csv(
+                Some(&TenantId::new("bath").unwrap()),
+                from,
+                to,
+                london,
+                &mut out,
+            )
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lamp0: Vec<Vec<&str>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f[5] == "0")
+            .collect();
+        assert_eq!(lamp0.len(), periods, "{day}");
+        assert!(lamp0.iter().all(|f| f[0] == day), "{day}: {lamp0:?}");
+        let numbers: Vec<usize> = lamp0.iter().map(|f| f[1].parse().unwrap()).collect();
+        assert_eq!(numbers, (1..=periods).collect::<Vec<_>>(), "{day}");
+        assert_eq!(lamp0[0][2], first_start, "{day}");
+    }
 }
 
 #[test]
 fn periods_start_at_local_midnight_monday_and_the_first() {
     // Saturday 02:00 UTC.
     assert_eq!(
-        period_starts(DAY0 + 2 * H, 0).unwrap(),
+        period_starts(DAY0 + 2 * H, fixed(0)),
         (DAY0, DAY0 - 5 * D, DAY0 - 20 * D)
     );
     // An hour ahead: local 03:00 Saturday.
     assert_eq!(
-        period_starts(DAY0 + 2 * H, 60).unwrap(),
+        period_starts(DAY0 + 2 * H, fixed(60)),
         (DAY0 - H, DAY0 - 5 * D - H, DAY0 - 20 * D - H)
     );
     // Friday 23:30 UTC is already Saturday an hour ahead.
-    assert_eq!(period_starts(DAY0 - 1800, 60).unwrap().0, DAY0 - H);
+    assert_eq!(period_starts(DAY0 - 1800, fixed(60)).0, DAY0 - H);
     // Monday itself starts its week; 1 December 00:30 UTC is still November an hour
     // behind.
-    assert_eq!(period_starts(DAY0 - 5 * D + 1, 0).unwrap().1, DAY0 - 5 * D);
+    assert_eq!(period_starts(DAY0 - 5 * D + 1, fixed(0)).1, DAY0 - 5 * D);
     let dec1 = DAY0 - 20 * D;
     let nov1 = dec1 - 30 * D;
-    assert_eq!(period_starts(dec1 + 1800, -60).unwrap().2, nov1 + H);
+    assert_eq!(period_starts(dec1 + 1800, fixed(-60)).2, nov1 + H);
+    // London on the Sunday the clocks go forward: the day began at 00:00 GMT, the month
+    // on 1 March (GMT); on 1 July, both at 23:00 UTC the day before.
+    let london = TimeZone::named("Europe/London").unwrap();
+    let spring = 1_743_296_400; // 2025-03-30 01:00 UTC
+    assert_eq!(
+        period_starts(spring + 3600, london),
+        (spring - 3600, spring - 3600 - 6 * D, spring - 3600 - 29 * D)
+    );
+    let july1 = 1_751_324_400; // 2025-06-30 23:00 UTC
+    assert_eq!(period_starts(july1 + 60, london).0, july1);
+    assert_eq!(period_starts(july1 + 60, london).2, july1);
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -192,7 +253,7 @@ fn summaries_and_savings_against_the_baselines() {
     let bath = TenantId::new("bath").unwrap();
     let tariff = Tariff::default();
     let now = UnixMs((DAY0 + 2 * H) as u64 * 1000);
-    let s = store.energy_summary(&bath, now, 0, &tariff).unwrap();
+    let s = store.energy_summary(&bath, now, fixed(0), &tariff).unwrap();
 
     let m = LedPowerModel::for_rated(40.0);
     // Wh of one lamp for one 15-minute bucket at a level.
@@ -247,7 +308,9 @@ fn summaries_and_savings_against_the_baselines() {
 
     // An hour ahead of UTC: today starts at 23:00 UTC (lamp 1's 23:59 reading is today's),
     // and 21:30 UTC on the 15th is 22:30 local: 75 % part-night.
-    let s = store.energy_summary(&bath, now, 60, &tariff).unwrap();
+    let s = store
+        .energy_summary(&bath, now, fixed(60), &tariff)
+        .unwrap();
     assert!(close(s.today.metered_kwh, 0.126), "{:?}", s.today);
     assert!(close(
         s.month.savings["part-night"].baseline_kwh,
@@ -256,7 +319,7 @@ fn summaries_and_savings_against_the_baselines() {
 
     // Now in the middle of a bucket: its baseline counts up to now only.
     let mid = UnixMs((DAY0 + 5 * 60) as u64 * 1000);
-    let s = store.energy_summary(&bath, mid, 0, &tariff).unwrap();
+    let s = store.energy_summary(&bath, mid, fixed(0), &tariff).unwrap();
     // Metered is the bucket's rollup, which here also holds lamp 0's 00:10 reading (a
     // store only holds readings after `now` when a test asks about the past); the baseline
     // is 5 minutes of each of the two lamps.
@@ -268,7 +331,7 @@ fn summaries_and_savings_against_the_baselines() {
 
     // Nothing reported: no baseline, no percentage.
     let wells_empty = store
-        .energy_summary(&TenantId::new("nowhere").unwrap(), now, 0, &tariff)
+        .energy_summary(&TenantId::new("nowhere").unwrap(), now, fixed(0), &tariff)
         .unwrap();
     assert_eq!(wells_empty.today.savings["full"].saved_pct, None);
     assert_eq!(wells_empty.month.metered_kwh, 0.0);
@@ -278,13 +341,13 @@ fn summaries_and_savings_against_the_baselines() {
         gbp_per_kwh: 0.5,
         co2e_kg_per_kwh: 0.1,
     };
-    let s = store.energy_summary(&bath, now, 0, &own).unwrap();
+    let s = store.energy_summary(&bath, now, fixed(0), &own).unwrap();
     assert!(close(s.today.gbp, 0.058));
     assert!(matches!(
         store.energy_summary(
             &bath,
             now,
-            0,
+            fixed(0),
             &Tariff {
                 gbp_per_kwh: -1.0,
                 ..own

@@ -8,6 +8,7 @@ use lamplighter_controller::{ControllerConfig, ControllerCore, ProvisionedNode};
 use lamplighter_edge::core::{NodeConfig, NodeCore, Sample, Uplink};
 use lamplighter_edge::RoadUser;
 use lamplighter_protocol::hint::{prefetch, prefetch_lines};
+use lamplighter_protocol::local_time::TimeZone;
 use lamplighter_protocol::lorawan::{self, AesKey, SessionKeys};
 use lamplighter_protocol::payload::{Command, FailSafeProfile, NodeMode, StatusReport};
 use lamplighter_protocol::{sun, DevAddr, DevEui, LampId, TenantId, UnixMs};
@@ -108,7 +109,8 @@ pub(crate) struct Shared<'a> {
     pub profile: &'a DemandProfile,
     pub start: u64,
     pub end: u64,
-    pub utc_offset_min: i32,
+    /// The town's clocks: its days, its demand's time of day and its policies' schedules.
+    pub time_zone: TimeZone,
     pub tick_ms: u64,
     pub link: LinkConfig,
     /// The LoRa radio nodes use (`None`: IP nodes over `link`).
@@ -142,7 +144,7 @@ impl<'a> Shared<'a> {
         start: u64,
         days: u32,
         seed: u64,
-        utc_offset_min: i32,
+        time_zone: TimeZone,
         tick_ms: u64,
         link: LinkConfig,
         faults: FaultScenario,
@@ -223,7 +225,7 @@ impl<'a> Shared<'a> {
             profile,
             start,
             end,
-            utc_offset_min,
+            time_zone,
             tick_ms,
             link,
             radio: None,
@@ -249,7 +251,11 @@ impl<'a> Shared<'a> {
             },
             fault_nodes: Vec::new(),
             skew_ms: vec![0; town.lamps.len()],
-            fail_safe: FailSafeProfile::part_night(utc_offset_min as i16, SILENCE_TIMEOUT_S),
+            // A node keeps a fixed offset: the one in force when the run starts.
+            fail_safe: FailSafeProfile::part_night(
+                time_zone.offset_min_at(UnixMs(start)) as i16,
+                SILENCE_TIMEOUT_S,
+            ),
         };
         shared.pick_chart_zones();
         shared.make_events(&mut rng, days);
@@ -276,15 +282,13 @@ impl<'a> Shared<'a> {
         self.quiet_zone = least.map_or(0, |b| b.1);
     }
 
-    /// Local midnight (as UTC ms) of the local day containing `t`.
-    fn local_midnight(&self, t: u64) -> u64 {
-        let off = self.utc_offset_min as i64 * MIN_MS as i64;
-        let local = t as i64 + off;
-        (local.div_euclid(86_400_000) * 86_400_000 - off) as u64
+    /// When the town's clocks read `minute_of_day` on local day `day` (UTC ms).
+    fn at_local(&self, day: i64, minute_of_day: u32) -> u64 {
+        self.time_zone.instants_at_local(day, minute_of_day).0 .0
     }
 
     fn local_days(&self, t: u64) -> i64 {
-        (t as i64 + self.utc_offset_min as i64 * MIN_MS as i64).div_euclid(86_400_000)
+        self.time_zone.local_days(UnixMs(t))
     }
 
     fn make_events(&mut self, rng: &mut ChaCha8Rng, days: u32) {
@@ -303,20 +307,21 @@ impl<'a> Shared<'a> {
             })
             .filter(|_| rng.gen_bool(0.04))
             .collect();
-        let mut day = self.local_midnight(self.start);
-        while day < self.end {
-            let wd = super::profile::weekday(self.local_days(day + 3_600_000));
+        let mut day = self.local_days(self.start);
+        while self.at_local(day, 0) < self.end {
+            let wd = super::profile::weekday(day);
             let f = if wd == 4 || wd == 5 { 2.0 } else { 1.0 };
             if !pub_zones.is_empty() {
+                let from = self.at_local(day, 23 * 60);
                 self.events.push(TrafficEvent {
                     name: "pub closing time".into(),
                     zones: pub_zones.clone(),
-                    from: day + 23 * 3_600_000,
-                    until: day + 23 * 3_600_000 + 45 * MIN_MS,
+                    from,
+                    until: from + 45 * MIN_MS,
                     extra_per_h: [120.0 * f, 10.0 * f, 20.0 * f],
                 });
             }
-            day += 86_400_000;
+            day += 1;
         }
         // A match: the crowd leaves a ground near a busy road at 21:45 local on the first day.
         let big: Vec<u32> = (0..n as u32)
@@ -341,7 +346,7 @@ impl<'a> Shared<'a> {
                 .collect();
             near.sort();
             near.truncate(8);
-            let from = self.local_midnight(self.start + 12 * 3_600_000) + (21 * 60 + 45) * MIN_MS;
+            let from = self.at_local(self.local_days(self.start + 12 * 3_600_000), 21 * 60 + 45);
             self.events.push(TrafficEvent {
                 name: "match ends".into(),
                 zones: near.into_iter().map(|(_, z)| z).collect(),
@@ -402,7 +407,7 @@ impl<'a> Shared<'a> {
     /// Expected road users per hour of each kind passing a point of zone `z` at `t`.
     pub fn rates_per_h(&self, z: usize, t: u64) -> [f64; 3] {
         let info = &self.zones[z];
-        let local_s = UnixMs(t).local_seconds_of_day(self.utc_offset_min);
+        let local_s = self.time_zone.seconds_of_day(UnixMs(t));
         let days = self.local_days(t);
         let mut out = [0.0; 3];
         for (k, who) in USERS.iter().enumerate() {
@@ -1202,7 +1207,7 @@ impl<'s, 'a> Sim<'s, 'a> {
         }
         let g = self.lamp(i);
         let nn = self.sh.node_now(g, now);
-        let minute = (UnixMs(now).local_seconds_of_day(self.sh.utc_offset_min) / 60) as usize;
+        let minute = (self.sh.time_zone.seconds_of_day(UnixMs(now)) / 60) as usize;
         let floor = self.floor_by_minute[minute.min(1439)] as f32;
         let n = &mut self.nodes[i];
         let level = n.core.level_pct(nn);

@@ -133,6 +133,7 @@ pub use engine::ZoneSeries;
 pub use faults::{Fault, FaultScenario, InvariantReport};
 use lamplighter_controller::core::policy::PolicyConfig;
 pub use lamplighter_controller::core::policy::POLICY_NAMES;
+use lamplighter_protocol::local_time::TimeZone;
 use lamplighter_protocol::UnixMs;
 use lamplighter_town::{Town, TownError};
 pub use profile::DemandProfile;
@@ -208,9 +209,10 @@ pub struct PlanOptions {
     pub link: LinkConfig,
     /// Controller tick interval (s).
     pub tick_s: u32,
-    /// Local time offset for schedules and demand; default: the town's longitude / 15 h,
-    /// whole hours (standard time, no daylight saving).
-    pub utc_offset_min: Option<i32>,
+    /// The town's clocks for schedules, demand and days; default: `Europe/London` for a
+    /// town in Britain or Ireland, else the town's longitude / 15 h in whole hours (a fixed
+    /// offset, no summer time).
+    pub time_zone: Option<TimeZone>,
     /// Multiplies every zone's demand.
     pub demand_scale: f64,
     /// Folder holding `demand/*.csv`; default `../shared/data`.
@@ -242,7 +244,7 @@ impl Default for PlanOptions {
             faults: FaultScenario::none(),
             link: LinkConfig::default(),
             tick_s: 10,
-            utc_offset_min: None,
+            time_zone: None,
             demand_scale: 1.0,
             data_dir: None,
             threads: 0,
@@ -364,9 +366,9 @@ pub fn run_town(
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let utc_offset_min = opts
-        .utc_offset_min
-        .unwrap_or_else(|| ((town.centre().1 / 15.0).round() * 60.0) as i32);
+    let time_zone = opts
+        .time_zone
+        .unwrap_or_else(|| town_time_zone(town.centre()));
     let start = opts.start.unwrap_or(DEFAULT_START).0;
     let mut shared = engine::Shared::new(
         town,
@@ -374,7 +376,7 @@ pub fn run_town(
         start,
         opts.days,
         opts.seed,
-        utc_offset_min,
+        time_zone,
         opts.tick_s as u64 * 1000,
         opts.link.clone(),
         opts.faults.clone(),
@@ -386,7 +388,7 @@ pub fn run_town(
         .map(|p| {
             let mut c =
                 PolicyConfig::named(p).ok_or_else(|| PlanError::UnknownPolicy(p.clone()))?;
-            c.utc_offset_min = utc_offset_min;
+            c.time_zone = time_zone;
             Ok(c)
         })
         .collect::<Result<_, PlanError>>()?;
@@ -414,11 +416,21 @@ pub fn run_town(
         &shared,
         &profile,
         warnings,
-        utc_offset_min,
+        time_zone,
         regions.len(),
         &policies,
         outcomes,
     ))
+}
+
+/// The clocks of a town at `(lat, lon)` when a run names none: Britain's (and Ireland's,
+/// whose rules are the same) inside their bounds, else a fixed offset of the longitude's
+/// whole hours.
+pub fn town_time_zone((lat, lon): (f64, f64)) -> TimeZone {
+    if (49.8..=60.9).contains(&lat) && (-10.7..=1.8).contains(&lon) {
+        return lamplighter_protocol::local_time::DEFAULT_TIME_ZONE;
+    }
+    TimeZone::fixed_hours((lon / 15.0).round() as i32).unwrap_or(TimeZone::UTC)
 }
 
 /// Virtual time a run advances by at a time (see [`Board`]).

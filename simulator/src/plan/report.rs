@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use lamplighter_protocol::local_time::TimeZone;
 use lamplighter_town::Town;
 use plotters::prelude::*;
 use serde::Serialize;
@@ -20,7 +21,8 @@ pub struct Parameters {
     pub days: u32,
     pub seed: u64,
     pub start_ms: u64,
-    pub utc_offset_min: i32,
+    /// The town's clocks (an IANA name).
+    pub time_zone: TimeZone,
     pub tariff_gbp_per_kwh: f64,
     pub carbon_kg_per_kwh: f64,
     pub tick_s: u32,
@@ -187,7 +189,7 @@ pub(crate) fn build(
     shared: &Shared<'_>,
     profile: &DemandProfile,
     warnings: Vec<String>,
-    utc_offset_min: i32,
+    time_zone: TimeZone,
     regions: usize,
     policies: &[String],
     outcomes: Vec<Outcome>,
@@ -289,7 +291,7 @@ pub(crate) fn build(
             days: opts.days,
             seed: opts.seed,
             start_ms: start,
-            utc_offset_min,
+            time_zone,
             tariff_gbp_per_kwh: opts.tariff_gbp_per_kwh,
             carbon_kg_per_kwh: opts.carbon_kg_per_kwh,
             tick_s: opts.tick_s,
@@ -587,14 +589,14 @@ pub fn write_html_report(report: &PlanReport, dir: &Path) -> Result<(), PlanErro
          text-align:right}}th{{background:#f3f3f3}}td:first-child{{text-align:left}}\
          figure{{margin:1.5em 0}}</style></head><body>\n\
          <h1>Lamplighter plan: {name}</h1>\n\
-         <p>{lamps} lamps in {zones} zones, {days} day(s) from {start} ms (UTC offset {off} \
-         min), seed {seed}. Tariff {tariff} GBP/kWh, carbon {carbon} kg CO2e/kWh.</p>\n",
+         <p>{lamps} lamps in {zones} zones, {days} day(s) from {start} ms (time zone {zone}), \
+         seed {seed}. Tariff {tariff} GBP/kWh, carbon {carbon} kg CO2e/kWh.</p>\n",
         name = esc(&report.town.name),
         lamps = report.town.lamps,
         zones = report.town.zones,
         days = p.days,
         start = p.start_ms,
-        off = p.utc_offset_min,
+        zone = esc(p.time_zone.name()),
         seed = p.seed,
         tariff = p.tariff_gbp_per_kwh,
         carbon = p.carbon_kg_per_kwh,

@@ -474,7 +474,7 @@ mod tests {
             DEFAULT_START.0,
             1,
             seed,
-            0,
+            lamplighter_protocol::local_time::TimeZone::UTC,
             10_000,
             LinkConfig::default(),
             FaultScenario::none(),

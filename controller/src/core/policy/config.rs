@@ -2,6 +2,7 @@
 //! `[controller.policy]` as written (every key optional, `name` picks the base) and the
 //! checks a policy must pass before a controller runs it.
 
+use lamplighter_protocol::local_time::TimeZone;
 use lamplighter_protocol::payload::ProfileStep;
 use serde::{Deserialize, Serialize};
 
@@ -19,8 +20,10 @@ pub struct PolicyConfig {
     /// Levels while dark, by local time of day (wrapping at midnight). For `adaptive` the
     /// fail-safe floor used while a zone's demand is unknown.
     pub night_profile: Vec<ProfileStep>,
-    /// Local time offset from UTC for the profile and the forecasters, minutes.
-    pub utc_offset_min: i32,
+    /// The IANA time zone the profile's times of day and the forecasters' days are in
+    /// (default `Europe/London`): a step at 22:00 is at 22:00 on the zone's clocks, summer
+    /// and winter.
+    pub time_zone: TimeZone,
     /// No lamp is commanded below this while it is dark (overrides aside).
     pub min_level_pct: u8,
     /// Level of the presence bubble.
@@ -66,7 +69,7 @@ impl Default for PolicyConfig {
                 step(12, 0, 70),
                 step(22, 0, 50),
             ],
-            utc_offset_min: 0,
+            time_zone: TimeZone::default(),
             min_level_pct: 20,
             bubble_level_pct: 100,
             bubble_hold_s: 90,
@@ -136,6 +139,8 @@ impl PolicyConfig {
 struct PolicyToml {
     name: Option<String>,
     night_profile: Option<Vec<ProfileStep>>,
+    time_zone: Option<TimeZone>,
+    /// Replaced by `time_zone`; read only to say so.
     utc_offset_min: Option<i32>,
     min_level_pct: Option<u8>,
     bubble_level_pct: Option<u8>,
@@ -157,12 +162,15 @@ struct PolicyToml {
 impl TryFrom<PolicyToml> for PolicyConfig {
     type Error = PolicyError;
     fn try_from(t: PolicyToml) -> Result<Self, PolicyError> {
+        if t.utc_offset_min.is_some() {
+            return Err(PolicyError::OffsetReplaced);
+        }
         let name = t.name.unwrap_or_else(|| "profile-reactive".to_string());
         let b = PolicyConfig::named(&name).ok_or(PolicyError::UnknownName(name))?;
         let c = PolicyConfig {
             name: b.name,
             night_profile: t.night_profile.unwrap_or(b.night_profile),
-            utc_offset_min: t.utc_offset_min.unwrap_or(b.utc_offset_min),
+            time_zone: t.time_zone.unwrap_or(b.time_zone),
             min_level_pct: t.min_level_pct.unwrap_or(b.min_level_pct),
             bubble_level_pct: t.bubble_level_pct.unwrap_or(b.bubble_level_pct),
             bubble_hold_s: t.bubble_hold_s.unwrap_or(b.bubble_hold_s),
@@ -194,8 +202,11 @@ pub enum PolicyError {
     Level { field: &'static str, value: u8 },
     #[error("min_level_pct ({min}) must not exceed bubble_level_pct ({bubble})")]
     MinAboveBubble { min: u8, bubble: u8 },
-    #[error("utc_offset_min must be within +/-14 h, got {0}")]
-    Offset(i32),
+    #[error(
+        "utc_offset_min is replaced by time_zone, an IANA name such as \"Europe/London\" \
+         (which follows summer time) or \"Etc/GMT-1\" (a fixed UTC+1)"
+    )]
+    OffsetReplaced,
     #[error("interval_s must divide a day and be 60 to 3600, got {0}")]
     Interval(u32),
     #[error("confirm_intervals must be 1 to 6, got {0}")]
@@ -239,9 +250,6 @@ impl PolicyConfig {
                 min: self.min_level_pct,
                 bubble: self.bubble_level_pct,
             });
-        }
-        if self.utc_offset_min.abs() > 14 * 60 {
-            return Err(PolicyError::Offset(self.utc_offset_min));
         }
         if !(60..=3600).contains(&self.interval_s) || 86_400 % self.interval_s != 0 {
             return Err(PolicyError::Interval(self.interval_s));

@@ -126,7 +126,7 @@ pub fn decide(cfg: &PolicyConfig, s: &LampSituation) -> Decision {
         };
     }
     let profile = || {
-        let minute = (s.now.local_seconds_of_day(cfg.utc_offset_min) / 60) as u16;
+        let minute = (cfg.time_zone.seconds_of_day(s.now) / 60) as u16;
         profile_level(&cfg.night_profile, minute).max(floor)
     };
     match (cfg.adaptive, class) {

@@ -23,18 +23,27 @@ pub(super) fn part_night_profile() -> Vec<ProfileStep> {
 }
 
 /// The first instant after `now` at which the night profile may give another level: its
-/// next step (local time, wrapping at midnight); `None` for a profile with no steps.
+/// next step on the zone's clocks, wrapping at local midnight; `None` for a profile with no
+/// steps. Across a DST change the next step is on the new clocks; a step the spring change
+/// skips comes as the clocks jump, one the autumn change repeats comes twice, and the change
+/// itself is an instant to decide again.
 pub fn next_profile_step(cfg: &PolicyConfig, now: UnixMs) -> Option<UnixMs> {
-    let day_s = now.local_seconds_of_day(cfg.utc_offset_min) as u64;
-    let minute = day_s / 60;
-    let next_minute = cfg
-        .night_profile
-        .iter()
-        .map(|s| s.minute_of_day as u64)
-        .map(|m| if m > minute { m } else { m + 1440 })
+    let tz = cfg.time_zone;
+    let today = tz.local_days(now);
+    // Today's steps, else tomorrow's: every instant of tomorrow is after every one of today.
+    let next_step = (0..=1)
+        .flat_map(|d| {
+            cfg.night_profile.iter().flat_map(move |s| {
+                let (first, second) = tz.instants_at_local(today + d, s.minute_of_day as u32);
+                [Some(first), second]
+            })
+        })
+        .flatten()
+        .filter(|&t| t > now)
         .min()?;
-    let local_midnight_ms = (now.0 / 1000).saturating_sub(day_s) * 1000;
-    Some(UnixMs(local_midnight_ms + next_minute * 60_000))
+    // A change of the clocks before it moves the wall time itself (back into an earlier
+    // step in autumn): decide again then too.
+    Some(tz.clock_change_between(now, next_step).unwrap_or(next_step))
 }
 
 pub(super) fn profile_level(steps: &[ProfileStep], minute: u16) -> u8 {

@@ -1,5 +1,6 @@
 //! The policy's tests: each rule, the named policies, the ramp and the profile.
 
+use lamplighter_protocol::local_time::TimeZone;
 use lamplighter_protocol::payload::{Presence, ProfileStep};
 use lamplighter_protocol::{LightingClass, UnixMs};
 use proptest::prelude::*;
@@ -89,8 +90,8 @@ fn the_next_profile_step_is_the_next_change_of_the_profile_level() {
         (at(21, 59), at(22, 0)),
         (at(22, 0), at(24, 0)),
     ];
-    for utc_offset_min in [0, 60, -300] {
-        cfg.utc_offset_min = utc_offset_min;
+    for (zone, utc_offset_min) in [("Etc/GMT", 0), ("Etc/GMT-1", 60), ("Etc/GMT+5", -300)] {
+        cfg.time_zone = TimeZone::named(zone).unwrap();
         let local = |t: UnixMs| UnixMs((t.0 as i64 - utc_offset_min as i64 * 60_000) as u64);
         for (i, (now, next)) in cases.iter().enumerate() {
             let (now, next) = (local(*now), local(*next));
@@ -109,6 +110,108 @@ fn the_next_profile_step_is_the_next_change_of_the_profile_level() {
     }
     cfg.night_profile.clear();
     assert_eq!(next_profile_step(&cfg, at(1, 0)), None);
+}
+
+/// 2025-03-30 01:00 UTC (London to BST) and 2025-10-26 01:00 UTC (back to GMT).
+const SPRING_2025: UnixMs = UnixMs(1_743_296_400_000);
+const AUTUMN_2025: UnixMs = UnixMs(1_761_440_400_000);
+
+fn utc(change: UnixMs, minutes_after: i64) -> UnixMs {
+    UnixMs((change.0 as i64 + minutes_after * 60_000) as u64)
+}
+
+#[test]
+fn the_night_profile_keeps_to_londons_clocks_across_both_2025_changes() {
+    // Steps at 00:00 (30 %), 05:30 (70 %), 12:00 (70 %) and 22:00 (50 %) London time.
+    let cfg = PolicyConfig::default();
+    assert_eq!(cfg.time_zone.name(), "Europe/London");
+    let level = |t: UnixMs| decide(&cfg, &situation(t)).level_pct;
+    let h = 60;
+    // (UTC instant, level): the 22:00 and 05:30 steps are an hour earlier in UTC in summer.
+    let cases = [
+        (utc(SPRING_2025, -3 * h - 1), 70), // Sat 21:59 GMT
+        (utc(SPRING_2025, -3 * h), 50),     // Sat 22:00 GMT
+        (utc(SPRING_2025, -1), 30),         // Sun 00:59 GMT
+        (utc(SPRING_2025, 0), 30),          // Sun 02:00 BST
+        (utc(SPRING_2025, 3 * h + 29), 30), // 05:29 BST = 04:29 UTC
+        (utc(SPRING_2025, 3 * h + 30), 70), // 05:30 BST = 04:30 UTC
+        (utc(SPRING_2025, 20 * h - 1), 70), // 21:59 BST
+        (utc(SPRING_2025, 20 * h), 50),     // 22:00 BST = 21:00 UTC
+        (utc(AUTUMN_2025, -4 * h - 1), 70), // Sat 21:59 BST
+        (utc(AUTUMN_2025, -4 * h), 50),     // Sat 22:00 BST = 21:00 UTC
+        (utc(AUTUMN_2025, -2 * h), 30),     // Sun 00:00 BST
+        (utc(AUTUMN_2025, 4 * h + 29), 30), // 05:29 GMT
+        (utc(AUTUMN_2025, 4 * h + 30), 70), // 05:30 GMT = 05:30 UTC
+        (utc(AUTUMN_2025, 21 * h - 1), 70), // 21:59 GMT
+        (utc(AUTUMN_2025, 21 * h), 50),     // 22:00 GMT
+    ];
+    for (i, (t, want)) in cases.into_iter().enumerate() {
+        assert_eq!(level(t), want, "case {i} at {t:?}");
+    }
+    // The lamps are decided again at the change itself, then at the next step.
+    let steps = |from: UnixMs| {
+        let first = next_profile_step(&cfg, from).unwrap();
+        [first, next_profile_step(&cfg, first).unwrap()]
+    };
+    assert_eq!(
+        steps(utc(SPRING_2025, -30)),
+        [SPRING_2025, utc(SPRING_2025, 3 * h + 30)]
+    );
+    assert_eq!(
+        steps(utc(AUTUMN_2025, -30)),
+        [AUTUMN_2025, utc(AUTUMN_2025, 4 * h + 30)]
+    );
+}
+
+#[test]
+fn across_a_clock_change_no_step_is_missed_even_inside_the_skipped_or_repeated_hour() {
+    // 01:30 is skipped on the spring night and happens twice on the autumn one.
+    let step = |minute_of_day, level_pct| ProfileStep {
+        minute_of_day,
+        level_pct,
+    };
+    let cfg = PolicyConfig {
+        night_profile: vec![step(0, 30), step(90, 60), step(330, 70), step(1320, 50)],
+        ..PolicyConfig::default()
+    };
+    let level = |t: UnixMs| decide(&cfg, &situation(t)).level_pct;
+    // Spring: 01:30 comes as the clocks jump at 01:00 UTC.
+    assert_eq!(level(utc(SPRING_2025, -1)), 30);
+    assert_eq!(level(SPRING_2025), 60);
+    assert_eq!(
+        next_profile_step(&cfg, utc(SPRING_2025, -30)),
+        Some(SPRING_2025)
+    );
+    // Autumn: 01:30 BST (00:30 UTC), back to 01:00 GMT (01:00 UTC), 01:30 GMT again.
+    assert_eq!(level(utc(AUTUMN_2025, -31)), 30);
+    assert_eq!(level(utc(AUTUMN_2025, -30)), 60);
+    assert_eq!(level(AUTUMN_2025), 30);
+    assert_eq!(level(utc(AUTUMN_2025, 30)), 60);
+    assert_eq!(
+        next_profile_step(&cfg, utc(AUTUMN_2025, -30)),
+        Some(AUTUMN_2025)
+    );
+    assert_eq!(
+        next_profile_step(&cfg, AUTUMN_2025),
+        Some(utc(AUTUMN_2025, 30))
+    );
+    // Every minute of both nights: the level holds from one decision to the next step.
+    for change in [SPRING_2025, AUTUMN_2025] {
+        for start in (-6 * 60..12 * 60).step_by(7) {
+            let now = utc(change, start).plus_ms(13_000);
+            let next = next_profile_step(&cfg, now).unwrap();
+            assert!(next > now && next.since(now) <= 25 * 3_600_000);
+            let mut t = UnixMs((now.0 / 60_000 + 1) * 60_000);
+            while t < next {
+                assert_eq!(
+                    level(t),
+                    level(now),
+                    "from {now:?}, at {t:?}, next {next:?}"
+                );
+                t = t.plus_ms(60_000);
+            }
+        }
+    }
 }
 
 #[test]
