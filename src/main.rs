@@ -160,6 +160,14 @@ enum NodesCommand {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Names provisioned lamps on their tenant's own network (The Things Stack device IDs)
+    /// from a CSV file (dev_eui,device_id), so commands reach them before their first uplink.
+    DeviceIds {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +257,20 @@ fn run(cli: Cli) -> Result<()> {
             let added = lamplighter::cli_nodes::import(&dir, &file)?;
             eprintln!(
                 "lamplighter: provisioned {added} new nodes in {}; restart `serve` to control them",
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Nodes {
+            command: NodesCommand::DeviceIds { data_dir, file },
+        } => {
+            let dir = match data_dir {
+                Some(d) => d,
+                None => system::default_data_dir()?,
+            };
+            let named = lamplighter::cli_nodes::import_device_ids(&dir, &file)?;
+            eprintln!(
+                "lamplighter: named {named} lamps on their network in {}; restart `serve` to use the names",
                 dir.display()
             );
             Ok(())

@@ -15,7 +15,6 @@ use base64::Engine;
 use lamplighter::system::{self, System, SystemConfig};
 use lamplighter_broker::external::NetworkKind;
 use lamplighter_broker::external_link::ExternalNetwork;
-use lamplighter_broker::external_state::ExternalState;
 use lamplighter_controller::core::policy::PolicyConfig;
 use lamplighter_controller::store::{NewNode, Store, StoredNode};
 use lamplighter_protocol::payload::{Command, Presence, StatusReport};
@@ -418,10 +417,16 @@ async fn a_restart_loses_no_reading_and_no_command_waits_for_an_uplink() {
         .map(|n| n.node.dev_eui.to_string().to_ascii_lowercase())
         .collect();
     // Provisioning names lamp 0 on the network; lamp 1 is left to be learnt.
-    ExternalState::open(dir.path())
-        .unwrap()
-        .set_device_id(&tenant, nodes[0].node.dev_eui, "lamp-0")
-        .unwrap();
+    let ids = dir.path().join("device-ids.csv");
+    std::fs::write(
+        &ids,
+        format!("dev_eui,device_id\n{},lamp-0\n", nodes[0].node.dev_eui),
+    )
+    .unwrap();
+    assert_eq!(
+        lamplighter::cli_nodes::import_device_ids(dir.path(), &ids).unwrap(),
+        1
+    );
     let (network, mut commands) = network_client(
         mosquitto.port,
         "tts",
