@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lamplighter_protocol::time::ScaledClock;
-use lamplighter_protocol::{topics, DevEui, TenantId};
+use lamplighter_protocol::topics::{self, Topic};
+use lamplighter_protocol::{DevEui, TenantId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet as MqttPacket, QoS};
 use serde::Serialize;
 use tokio::net::UdpSocket;
@@ -59,14 +60,6 @@ pub struct BridgeConfig {
     pub ns: NsConfig,
     pub mqtt: Option<MqttTarget>,
 }
-
-/// Topic of multicast frames: `lamplighter/{tenant}/mcast/{McAddr}`.
-pub fn multicast_topic(tenant: &TenantId, mc_addr: lamplighter_protocol::DevAddr) -> String {
-    format!("{}/{tenant}/mcast/{mc_addr}", topics::ROOT)
-}
-
-pub const ALL_DOWNLINKS: &str = "lamplighter/+/down/+";
-pub const ALL_MULTICAST: &str = "lamplighter/+/mcast/+";
 
 /// A downlink for the network server.
 #[derive(Debug, Clone)]
@@ -538,20 +531,6 @@ async fn on_datagram(st: &mut UdpState, socket: &UdpSocket, d: &[u8], from: Sock
     }
 }
 
-fn parse_down_topic(topic: &str) -> Option<(TenantId, &str, &str)> {
-    let mut parts = topic.split('/');
-    let (Some(topics::ROOT), Some(tenant), Some(kind), Some(id), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
-    Some((TenantId::new(tenant).ok()?, kind, id))
-}
-
 fn mqtt_tasks(
     handle: BridgeHandle,
     target: MqttTarget,
@@ -573,7 +552,7 @@ fn mqtt_tasks(
                 match eventloop.poll().await {
                     Ok(Event::Incoming(MqttPacket::ConnAck(_))) => {
                         down_logged = false;
-                        for filter in [ALL_DOWNLINKS, ALL_MULTICAST] {
+                        for filter in [topics::ALL_DOWNLINKS, topics::ALL_MULTICAST] {
                             if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
                                 tracing::error!(error = %e, filter, "bridge cannot subscribe");
                             }
@@ -582,21 +561,23 @@ fn mqtt_tasks(
                     Ok(Event::Incoming(MqttPacket::Publish(p))) => {
                         let m = &handle.shared.metrics;
                         m.downlink_messages.fetch_add(1, Ordering::Relaxed);
-                        let request = match parse_down_topic(&p.topic) {
-                            Some((tenant, "down", eui)) => {
-                                eui.parse().ok().map(|dev_eui| DownlinkRequest::Unicast {
+                        let request = match topics::parse(&p.topic) {
+                            Ok(Topic::Downlink { tenant, dev_eui }) => {
+                                Some(DownlinkRequest::Unicast {
                                     tenant,
                                     dev_eui,
                                     phy: p.payload.to_vec(),
                                     priority: Priority::Normal,
                                 })
                             }
-                            Some((tenant, "mcast", _)) => Some(DownlinkRequest::Multicast {
-                                tenant,
-                                phy: p.payload.to_vec(),
-                                priority: Priority::High,
-                            }),
-                            _ => None,
+                            Ok(Topic::Multicast { tenant, .. }) => {
+                                Some(DownlinkRequest::Multicast {
+                                    tenant,
+                                    phy: p.payload.to_vec(),
+                                    priority: Priority::High,
+                                })
+                            }
+                            Ok(Topic::Uplink { .. }) | Err(_) => None,
                         };
                         match request {
                             Some(r) => {

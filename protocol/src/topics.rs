@@ -3,13 +3,15 @@
 //!
 //! - `lamplighter/{tenant}/up/{dev_eui}`: a node's uplink frames (LoRaWAN data frames).
 //! - `lamplighter/{tenant}/down/{dev_eui}`: the controller's downlink frames to that node.
+//! - `lamplighter/{tenant}/mcast/{mc_addr}`: a downlink frame for a zone's multicast group
+//!   (LoRaWAN only: the bridge's network server sends it once per gateway).
 //!
 //! Topics are routing only. The broker has no ACLs, so whoever may connect may publish or
 //! subscribe anywhere; the frames themselves carry integrity, confidentiality and replay
 //! protection, and the controller checks that a frame's DevAddr belongs to the node the topic
 //! names.
 
-use crate::{DevEui, TenantId};
+use crate::{DevAddr, DevEui, TenantId};
 
 pub const ROOT: &str = "lamplighter";
 
@@ -21,13 +23,21 @@ pub fn downlink(tenant: &TenantId, dev_eui: DevEui) -> String {
     format!("{ROOT}/{tenant}/down/{dev_eui}")
 }
 
+pub fn multicast(tenant: &TenantId, mc_addr: DevAddr) -> String {
+    format!("{ROOT}/{tenant}/mcast/{mc_addr}")
+}
+
 /// The controller's subscription: every tenant's uplinks.
 pub const ALL_UPLINKS: &str = "lamplighter/+/up/+";
+/// The LoRaWAN bridge's subscriptions: every tenant's unicast and multicast downlinks.
+pub const ALL_DOWNLINKS: &str = "lamplighter/+/down/+";
+pub const ALL_MULTICAST: &str = "lamplighter/+/mcast/+";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topic {
     Uplink { tenant: TenantId, dev_eui: DevEui },
     Downlink { tenant: TenantId, dev_eui: DevEui },
+    Multicast { tenant: TenantId, mc_addr: DevAddr },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,10 +57,20 @@ pub fn parse(topic: &str) -> Result<Topic, TopicError> {
         return Err(err());
     };
     let tenant = TenantId::new(tenant).map_err(|_| err())?;
-    let dev_eui: DevEui = eui.parse().map_err(|_| err())?;
+    let dev_eui = || eui.parse::<DevEui>().map_err(|_| err());
     match dir {
-        "up" => Ok(Topic::Uplink { tenant, dev_eui }),
-        "down" => Ok(Topic::Downlink { tenant, dev_eui }),
+        "up" => Ok(Topic::Uplink {
+            tenant,
+            dev_eui: dev_eui()?,
+        }),
+        "down" => Ok(Topic::Downlink {
+            tenant,
+            dev_eui: dev_eui()?,
+        }),
+        "mcast" => Ok(Topic::Multicast {
+            tenant,
+            mc_addr: eui.parse().map_err(|_| err())?,
+        }),
         _ => Err(err()),
     }
 }
@@ -74,8 +94,17 @@ mod tests {
         assert_eq!(
             parse(&downlink(&t, eui)).unwrap(),
             Topic::Downlink {
-                tenant: t,
+                tenant: t.clone(),
                 dev_eui: eui
+            }
+        );
+        let group = DevAddr(0x01AB_CDEF);
+        assert_eq!(multicast(&t, group), "lamplighter/bristol/mcast/01ABCDEF");
+        assert_eq!(
+            parse(&multicast(&t, group)).unwrap(),
+            Topic::Multicast {
+                tenant: t,
+                mc_addr: group
             }
         );
     }
@@ -91,6 +120,7 @@ mod tests {
             "lamplighter/bristol/sideways/0011223344556677",
             "other/bristol/up/0011223344556677",
             "lamplighter/bristol/up/zz",
+            "lamplighter/bristol/mcast/0011223344556677",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

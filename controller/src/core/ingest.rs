@@ -94,7 +94,9 @@ impl ControllerCore {
     fn accept_uplink(&mut self, now: UnixMs, topic: &str, phy: &[u8]) -> Result<LampId, Rejection> {
         let (topic_tenant, topic_dev_eui) = match topics::parse(topic)? {
             Topic::Uplink { tenant, dev_eui } => (tenant, dev_eui),
-            Topic::Downlink { .. } => return Err(Rejection::DownlinkTopic),
+            Topic::Downlink { .. } | Topic::Multicast { .. } => {
+                return Err(Rejection::DownlinkTopic)
+            }
         };
         let header = lorawan::peek_header(phy).map_err(Rejection::Frame)?;
         if !header.mtype.is_uplink() || !header.mtype.is_data() {
