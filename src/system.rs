@@ -144,39 +144,11 @@ pub struct System {
 struct Dashboard {
     controller: ControllerHandle,
     history: Mutex<Store>,
-    /// Read-only, for the commands sent to a lamp (the store has no query for them yet).
-    commands: Mutex<rusqlite::Connection>,
     roads: Vec<(TenantId, Road)>,
     /// Links to tenants' own networks: what they refused counts as rejected.
     external_links: Vec<lamplighter_broker::external_link::LinkHandle>,
     /// The InfluxDB sink's counters (spool depth), if it runs.
     influx: Option<Arc<lamplighter_controller::influx::SinkMetrics>>,
-}
-
-/// The commands sent to `lamp` in `[from_ms, to_ms)`, oldest first, the latest `limit`.
-fn lamp_commands(
-    conn: &rusqlite::Connection,
-    lamp: LampId,
-    from_ms: i64,
-    to_ms: i64,
-    limit: u32,
-) -> rusqlite::Result<Vec<CommandRecord>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT sent_ms, level_pct, ramp_ms, reason FROM commands
-         WHERE lamp_id = ?1 AND sent_ms >= ?2 AND sent_ms < ?3
-         ORDER BY sent_ms DESC LIMIT ?4",
-    )?;
-    let rows = stmt.query_map(rusqlite::params![lamp.0, from_ms, to_ms, limit], |r| {
-        Ok(CommandRecord {
-            sent_ms: r.get(0)?,
-            level_pct: r.get(1)?,
-            ramp_ms: r.get(2)?,
-            reason: r.get(3)?,
-        })
-    })?;
-    let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-    out.reverse();
-    Ok(out)
 }
 
 impl Dashboard {
@@ -275,10 +247,17 @@ impl LiveSource for Dashboard {
         let points = store
             .lamp_history(lamp, from_s, to_s, resolution)
             .map_err(|e| SourceError::Internal(e.to_string()))?;
-        drop(store);
-        let conn = self.commands.lock().unwrap_or_else(|p| p.into_inner());
-        let commands = lamp_commands(&conn, lamp, from_s * 1000, to_s * 1000, 500)
-            .map_err(|e| SourceError::Internal(e.to_string()))?;
+        let commands = store
+            .lamp_commands(lamp, from_s * 1000, to_s * 1000, 500)
+            .map_err(|e| SourceError::Internal(e.to_string()))?
+            .into_iter()
+            .map(|c| CommandRecord {
+                sent_ms: c.sent_ms,
+                level_pct: c.level_pct,
+                ramp_ms: c.ramp_ms,
+                reason: c.reason,
+            })
+            .collect();
         Ok(LampHistory {
             lamp,
             points,
@@ -385,17 +364,6 @@ impl LiveSource for Dashboard {
             .map(|(_, r)| r.clone())
             .collect()
     }
-}
-
-fn open_store_read_only(data_dir: &std::path::Path) -> Result<rusqlite::Connection> {
-    let path = data_dir.join(lamplighter_controller::store::DB_FILE);
-    let conn = rusqlite::Connection::open_with_flags(
-        &path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("cannot open {} for the dashboard", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
 }
 
 const CONTROLLER_USER: &str = "lamplighter-controller";
@@ -541,7 +509,6 @@ pub async fn start(
     let source: Arc<dyn LiveSource> = Arc::new(Dashboard {
         controller: controller.clone(),
         history: Mutex::new(Store::open_read_only(data_dir)?),
-        commands: Mutex::new(open_store_read_only(data_dir)?),
         roads: config.roads.clone(),
         external_links: external_links.iter().map(|l| l.handle()).collect(),
         influx: store_thread.influx_metrics(),

@@ -407,10 +407,19 @@ impl Store {
             let date = date_of_days(day).format("%Y-%m-%d").to_string();
             periods.push((hh, date, period));
         }
-        writeln!(
-            out,
-            "date,period,period_start_utc,tenant,zone,lamp_id,dev_eui,rated_power_w,energy_kwh,readings"
-        )
+        let mut w = crate::csv_export::writer(&mut out);
+        w.write_record([
+            "date",
+            "period",
+            "period_start_utc",
+            "tenant",
+            "zone",
+            "lamp_id",
+            "dev_eui",
+            "rated_power_w",
+            "energy_kwh",
+            "readings",
+        ])
         .map_err(StoreError::from)?;
         let lamps: Vec<(i64, String, i64, String, f64)> = {
             let mut stmt = self
@@ -448,19 +457,27 @@ impl Store {
                 .map_err(self.sql())?;
                 data.insert(row.0, (row.1, row.2));
             }
-            let tenant = super::export::field(tenant);
+            let tenant = crate::csv_export::text_cell(tenant);
             for (hh, date, period) in &periods {
                 let (dwh, readings) = data.get(hh).copied().unwrap_or((0, 0));
-                writeln!(
-                    out,
-                    "{date},{period},{},{tenant},{zone},{lamp},{dev_eui},{rated_w},{:.4},{readings}",
-                    iso8601(hh * HALF_HOUR_S),
-                    dwh as f64 / 10_000.0,
-                )
+                w.write_record([
+                    date.as_str(),
+                    &period.to_string(),
+                    &iso8601(hh * HALF_HOUR_S),
+                    &tenant,
+                    &zone.to_string(),
+                    &lamp.to_string(),
+                    dev_eui,
+                    &rated_w.to_string(),
+                    &format!("{:.4}", dwh as f64 / 10_000.0),
+                    &readings.to_string(),
+                ])
                 .map_err(StoreError::from)?;
                 n += 1;
             }
         }
+        w.flush().map_err(StoreError::from)?;
+        drop(w);
         out.flush().map_err(StoreError::from)?;
         Ok(n)
     }

@@ -10,6 +10,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use lamplighter_protocol::local_time::TimeZone;
 
 use super::{Store, StoreError, DB_FILE, SCHEMA_VERSION};
+use crate::csv_export::{text_cell, writer};
 
 /// What to export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,35 +43,21 @@ impl std::str::FromStr for ExportWhat {
     }
 }
 
-/// A CSV field: quoted when it holds a comma, quote or line break.
-pub(super) fn field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn iso8601(t_s: i64) -> String {
+    match chrono::DateTime::from_timestamp(t_s, 0) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        // Beyond chrono's range (about 262,000 years): no reading carries such a time.
+        None => format!("{t_s}s"),
     }
 }
 
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn iso8601(t_s: i64) -> String {
-    let days = t_s.div_euclid(86_400);
-    let secs = t_s.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn iso8601_ms(t_ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(t_ms) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        None => format!("{t_ms}ms"),
+    }
 }
 
 impl Store {
@@ -127,7 +114,28 @@ impl Store {
                     });
             }
             ExportWhat::Readings => {
-                writeln!(out, "reading_time,received_time,tenant,zone,lamp_id,dev_eui,fcnt,level_pct,target_level_pct,power_w,energy_meter_wh,energy_wh,ambient_lux,pedestrians,cyclists,vehicles,faults,mode,trigger")?;
+                let mut w = writer(&mut out);
+                w.write_record([
+                    "reading_time",
+                    "received_time",
+                    "tenant",
+                    "zone",
+                    "lamp_id",
+                    "dev_eui",
+                    "fcnt",
+                    "level_pct",
+                    "target_level_pct",
+                    "power_w",
+                    "energy_meter_wh",
+                    "energy_wh",
+                    "ambient_lux",
+                    "pedestrians",
+                    "cyclists",
+                    "vehicles",
+                    "faults",
+                    "mode",
+                    "trigger",
+                ])?;
                 let mut stmt = self
                     .conn
                     .prepare(
@@ -142,41 +150,52 @@ impl Store {
                     .map_err(self.sql())?;
                 let mut rows = stmt.query(params![from_s, to_s]).map_err(self.sql())?;
                 while let Some(r) = rows.next().map_err(self.sql())? {
-                    let g = |i| r.get::<_, i64>(i);
-                    let row = (|| -> rusqlite::Result<String> {
-                        Ok(format!(
-                            "{},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.1},{},{},{},{},{},{},{}",
-                            iso8601(g(0)?),
-                            iso8601(g(1)? / 1000),
-                            field(&r.get::<_, String>(2)?),
+                    let g = |i| r.get::<_, i64>(i).map(|v| v.to_string());
+                    let dwh = |i| {
+                        r.get::<_, i64>(i)
+                            .map(|v| format!("{:.1}", v as f64 / 10.0))
+                    };
+                    let row = (|| -> rusqlite::Result<[String; 19]> {
+                        Ok([
+                            iso8601(r.get(0)?),
+                            iso8601(r.get::<_, i64>(1)? / 1000),
+                            text_cell(&r.get::<_, String>(2)?).into_owned(),
                             g(3)?,
                             g(4)?,
-                            r.get::<_, String>(5)?,
+                            r.get(5)?,
                             g(6)?,
                             g(7)?,
                             g(8)?,
-                            r.get::<_, f64>(9)?,
-                            g(10)? as f64 / 10.0,
-                            g(11)? as f64 / 10.0,
+                            format!("{:.1}", r.get::<_, f64>(9)?),
+                            dwh(10)?,
+                            dwh(11)?,
                             g(12)?,
                             g(13)?,
                             g(14)?,
                             g(15)?,
                             g(16)?,
-                            r.get::<_, String>(17)?,
-                            r.get::<_, String>(18)?,
-                        ))
+                            r.get(17)?,
+                            r.get(18)?,
+                        ])
                     })()
                     .map_err(self.sql())?;
-                    writeln!(out, "{row}")?;
+                    w.write_record(&row)?;
                     n += 1;
                 }
+                w.flush()?;
             }
             ExportWhat::Energy => {
-                writeln!(
-                    out,
-                    "date,tenant,zone,lamp_id,dev_eui,energy_wh,readings,mean_level_pct"
-                )?;
+                let mut w = writer(&mut out);
+                w.write_record([
+                    "date",
+                    "tenant",
+                    "zone",
+                    "lamp_id",
+                    "dev_eui",
+                    "energy_wh",
+                    "readings",
+                    "mean_level_pct",
+                ])?;
                 let mut stmt = self
                     .conn
                     .prepare(
@@ -191,29 +210,40 @@ impl Store {
                     .query(params![from_s.div_euclid(86_400) * 86_400, to_s])
                     .map_err(self.sql())?;
                 while let Some(r) = rows.next().map_err(self.sql())? {
-                    let row = (|| -> rusqlite::Result<String> {
-                        Ok(format!(
-                            "{},{},{},{},{},{:.1},{},{:.1}",
-                            &iso8601(r.get(0)?)[..10],
-                            field(&r.get::<_, String>(1)?),
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, i64>(3)?,
+                    let row = (|| -> rusqlite::Result<[String; 8]> {
+                        Ok([
+                            iso8601(r.get(0)?)[..10].to_string(),
+                            text_cell(&r.get::<_, String>(1)?).into_owned(),
+                            r.get::<_, i64>(2)?.to_string(),
+                            r.get::<_, i64>(3)?.to_string(),
                             r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                            r.get::<_, i64>(5)? as f64 / 10.0,
-                            r.get::<_, i64>(6)?,
-                            r.get::<_, f64>(7)?,
-                        ))
+                            format!("{:.1}", r.get::<_, i64>(5)? as f64 / 10.0),
+                            r.get::<_, i64>(6)?.to_string(),
+                            format!("{:.1}", r.get::<_, f64>(7)?),
+                        ])
                     })()
                     .map_err(self.sql())?;
-                    writeln!(out, "{row}")?;
+                    w.write_record(&row)?;
                     n += 1;
                 }
+                w.flush()?;
             }
             ExportWhat::Audit => {
-                writeln!(
-                    out,
-                    "time,kind,tenant,zone,lamp_id,dev_eui,level_pct,ramp_ms,reason,fcnt_down,detail,user"
-                )?;
+                let mut w = writer(&mut out);
+                w.write_record([
+                    "time",
+                    "kind",
+                    "tenant",
+                    "zone",
+                    "lamp_id",
+                    "dev_eui",
+                    "level_pct",
+                    "ramp_ms",
+                    "reason",
+                    "fcnt_down",
+                    "detail",
+                    "user",
+                ])?;
                 let mut stmt = self
                     .conn
                     .prepare(
@@ -252,30 +282,29 @@ impl Store {
                     .query(params![from_s * 1000, to_s * 1000])
                     .map_err(self.sql())?;
                 let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+                let text = |v: String| text_cell(&v).into_owned();
                 while let Some(r) = rows.next().map_err(self.sql())? {
-                    let row = (|| -> rusqlite::Result<String> {
-                        let t: i64 = r.get(0)?;
-                        Ok(format!(
-                            "{}.{:03}Z,{},{},{},{},{},{},{},{},{},{},{}",
-                            &iso8601(t.div_euclid(1000))[..19],
-                            t.rem_euclid(1000),
-                            r.get::<_, String>(1)?,
-                            field(&r.get::<_, Option<String>>(2)?.unwrap_or_default()),
+                    let row = (|| -> rusqlite::Result<[String; 12]> {
+                        Ok([
+                            iso8601_ms(r.get(0)?),
+                            r.get(1)?,
+                            text(r.get::<_, Option<String>>(2)?.unwrap_or_default()),
                             opt(r.get(3)?),
                             opt(r.get(4)?),
                             r.get::<_, Option<String>>(5)?.unwrap_or_default(),
                             opt(r.get(6)?),
                             opt(r.get(7)?),
-                            field(&r.get::<_, String>(8)?),
+                            text(r.get(8)?),
                             opt(r.get(9)?),
-                            field(&r.get::<_, String>(10)?),
-                            field(&r.get::<_, String>(11)?),
-                        ))
+                            text(r.get(10)?),
+                            text(r.get(11)?),
+                        ])
                     })()
                     .map_err(self.sql())?;
-                    writeln!(out, "{row}")?;
+                    w.write_record(&row)?;
                     n += 1;
                 }
+                w.flush()?;
             }
         }
         out.flush()?;

@@ -104,6 +104,15 @@ fn point(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryPoint> {
     })
 }
 
+/// A command the controller sent to a lamp.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandSent {
+    pub sent_ms: i64,
+    pub level_pct: u8,
+    pub ramp_ms: u32,
+    pub reason: String,
+}
+
 fn rollup_table(res: Resolution) -> &'static str {
     match res {
         Resolution::Day => "rollup_1d",
@@ -112,6 +121,38 @@ fn rollup_table(res: Resolution) -> &'static str {
 }
 
 impl Store {
+    /// The commands sent to `lamp` in `[from_ms, to_ms)`, oldest first: the latest `limit`
+    /// of them when there are more.
+    pub fn lamp_commands(
+        &self,
+        lamp: LampId,
+        from_ms: i64,
+        to_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<CommandSent>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT sent_ms, level_pct, ramp_ms, reason FROM commands
+                 WHERE lamp_id = ?1 AND sent_ms >= ?2 AND sent_ms < ?3
+                 ORDER BY sent_ms DESC LIMIT ?4",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params![lamp.0, from_ms, to_ms, limit], |r| {
+                Ok(CommandSent {
+                    sent_ms: r.get(0)?,
+                    level_pct: r.get(1)?,
+                    ramp_ms: r.get(2)?,
+                    reason: r.get(3)?,
+                })
+            })
+            .map_err(self.sql())?;
+        let mut out = rows.collect::<Result<Vec<_>, _>>().map_err(self.sql())?;
+        out.reverse();
+        Ok(out)
+    }
+
     /// A lamp's history over `[from_s, to_s)` (Unix seconds, reading time).
     pub fn lamp_history(
         &self,

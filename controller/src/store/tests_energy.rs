@@ -7,6 +7,7 @@ use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
 use lamplighter_town::LedPowerModel;
 
 use super::*;
+use crate::core::Event;
 
 const DAY0: i64 = 1_734_739_200; // Saturday 2024-12-21T00:00:00Z
 const H: i64 = 3600;

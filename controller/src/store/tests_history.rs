@@ -5,6 +5,7 @@ use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
 use rusqlite::Connection;
 
 use super::*;
+use crate::core::Event;
 
 fn node(i: u32) -> NewNode {
     NewNode {
