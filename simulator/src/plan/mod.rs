@@ -115,13 +115,18 @@
 //! clock in the report: the same options give byte-identical JSON.
 
 mod bench;
+mod checks;
 mod engine;
 pub mod faults;
+mod inject;
+mod outcome;
 pub mod profile;
 mod queue;
 pub mod radio;
 mod regions;
 mod report;
+mod road_users;
+mod shared;
 mod traffic;
 
 use std::path::{Path, PathBuf};
@@ -129,13 +134,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 
 pub use bench::{bench, BenchOptions};
-pub use engine::ZoneSeries;
 pub use faults::{Fault, FaultScenario, InvariantReport};
 use lamplighter_controller::core::policy::PolicyConfig;
 pub use lamplighter_controller::core::policy::POLICY_NAMES;
 use lamplighter_protocol::local_time::TimeZone;
 use lamplighter_protocol::UnixMs;
 use lamplighter_town::{Town, TownError};
+pub use outcome::ZoneSeries;
 pub use profile::DemandProfile;
 pub use report::{
     write_html_report, Exposure, LateRises, Parameters, PlanReport, PolicyReport, TownSummary,
@@ -370,7 +375,7 @@ pub fn run_town(
         .time_zone
         .unwrap_or_else(|| town_time_zone(town.centre()));
     let start = opts.start.unwrap_or(DEFAULT_START).0;
-    let mut shared = engine::Shared::new(
+    let mut shared = shared::Shared::new(
         town,
         &profile,
         start,
@@ -508,11 +513,11 @@ enum Item<'s, 'a> {
 /// outcome (its regions' summed).
 fn run_items(
     opts: &PlanOptions,
-    shared: &engine::Shared,
+    shared: &shared::Shared,
     configs: &[PolicyConfig],
     regions: &[regions::Region],
     progress: &mut dyn FnMut(f64),
-) -> Result<Vec<engine::Outcome>, PlanError> {
+) -> Result<Vec<outcome::Outcome>, PlanError> {
     let cores = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -579,7 +584,7 @@ fn run_items(
         }
         stop_producing.store(true, Ordering::Release);
     });
-    let mut outcomes: Vec<Option<engine::Outcome>> = vec![None; configs.len()];
+    let mut outcomes: Vec<Option<outcome::Outcome>> = vec![None; configs.len()];
     let mut done: Vec<((usize, usize), Mutex<Item>)> = order.iter().copied().zip(items).collect();
     done.sort_by_key(|(pr, _)| *pr);
     for ((p, _), item) in done {

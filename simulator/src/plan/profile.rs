@@ -63,18 +63,12 @@ fn normalise(mut w: Week) -> Week {
     w
 }
 
-/// Days since 1970-01-01 for a civil date (Howard Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Days since 1970-01-01 for a calendar date, or `None` when there is no such date.
+pub fn day_number(y: i32, m: u32, d: u32) -> Option<i64> {
+    chrono::NaiveDate::from_ymd_opt(y, m, d).map(lamplighter_protocol::local_time::days_of_date)
 }
 
-/// Weekday (0 = Monday) of a day number from [`days_from_civil`].
+/// Weekday (0 = Monday) of a day number from [`day_number`].
 pub fn weekday(days: i64) -> usize {
     // 1970-01-01 was a Thursday (3).
     (days + 3).rem_euclid(7) as usize
@@ -133,7 +127,7 @@ fn parse_fremont(text: &str) -> Option<Week> {
         let (Ok(m), Ok(d), Ok(y)) = (
             dmy[0].parse::<u32>(),
             dmy[1].parse::<u32>(),
-            dmy[2].parse::<i64>(),
+            dmy[2].parse::<i32>(),
         ) else {
             continue;
         };
@@ -145,7 +139,10 @@ fn parse_fremont(text: &str) -> Option<Week> {
             Some("AM") if h == 12 => h = 0,
             _ => {}
         }
-        acc.add(days_from_civil(y, m, d), h, v);
+        let Some(day) = day_number(y, m, d) else {
+            continue;
+        };
+        acc.add(day, h, v);
     }
     acc.finish()
 }
@@ -162,14 +159,17 @@ fn parse_taxi(text: &str) -> Option<Week> {
             continue;
         };
         let (Some(y), Some(m), Some(d), Some(h)) = (
-            ts.get(0..4).and_then(|s| s.parse::<i64>().ok()),
+            ts.get(0..4).and_then(|s| s.parse::<i32>().ok()),
             ts.get(5..7).and_then(|s| s.parse::<u32>().ok()),
             ts.get(8..10).and_then(|s| s.parse::<u32>().ok()),
             ts.get(11..13).and_then(|s| s.parse::<usize>().ok()),
         ) else {
             continue;
         };
-        acc.add(days_from_civil(y, m, d), h, v);
+        let Some(day) = day_number(y, m, d) else {
+            continue;
+        };
+        acc.add(day, h, v);
     }
     acc.finish()
 }
@@ -273,10 +273,11 @@ mod tests {
 
     #[test]
     fn civil_days_and_weekdays() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(day_number(1970, 1, 1), Some(0));
+        assert_eq!(day_number(2024, 2, 30), None);
         // 2024-11-04 was a Monday.
-        assert_eq!(weekday(days_from_civil(2024, 11, 4)), 0);
-        assert_eq!(weekday(days_from_civil(2024, 11, 10)), 6);
+        assert_eq!(day_number(2024, 11, 4).map(weekday), Some(0));
+        assert_eq!(day_number(2024, 11, 10).map(weekday), Some(6));
     }
 
     #[test]

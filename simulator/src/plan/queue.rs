@@ -416,6 +416,56 @@ impl<T: Copy> EventQueue<T> {
     }
 }
 
+/// Values parked while the events that carry them wait in the queue: an event holds a
+/// `u32` key instead of the value, which keeps every event small.
+pub(crate) struct Parked<T> {
+    pub(crate) slots: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Parked<T> {
+    fn default() -> Self {
+        Parked {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Parked<T> {
+    pub(crate) fn put(&mut self, value: T) -> u32 {
+        match self.free.pop() {
+            Some(k) => {
+                self.slots[k as usize] = Some(value);
+                k
+            }
+            None => {
+                self.slots.push(Some(value));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The value parked under `k`; each key is taken (or released) once.
+    pub(crate) fn take(&mut self, k: u32) -> T {
+        let value = self.slots[k as usize]
+            .take()
+            .expect("a parked value is taken once");
+        self.free.push(k);
+        value
+    }
+
+    /// The value parked under `k`, left in place (`None`: none is).
+    pub(crate) fn get(&self, k: u32) -> Option<&T> {
+        self.slots.get(k as usize)?.as_ref()
+    }
+
+    /// Drops the value parked under `k`.
+    pub(crate) fn release(&mut self, k: u32) {
+        self.take(k);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,9 +9,10 @@ use lamplighter_town::Town;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::engine::{round, Outcome, Shared, ZoneSeries};
 use super::faults::{FaultScenario, InvariantReport};
+use super::outcome::{Outcome, ZoneSeries};
 use super::profile::DemandProfile;
+use super::shared::{round, Shared};
 use super::{LinkConfig, PlanError, PlanOptions, TownSource};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -23,8 +23,9 @@ use lamplighter_edge::RoadUser;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::engine::{speed_mps, Shared, DETECTION_P, MIN_MS, SENSOR_RANGE_M, USERS};
 use super::regions::Region;
+use super::road_users::{speed_mps, DETECTION_P, SENSOR_RANGE_M, USERS};
+use super::shared::{Shared, MIN_MS};
 
 /// Road users are generated in slots of this length.
 const SLOT_MS: u64 = 300_000;
