@@ -8,6 +8,8 @@
 //!   readings, commands, rejections. Writes are batched on their own thread.
 //! - [`tariff`]: configuration. What a kWh costs in money and carbon; read by the core's
 //!   configuration and by the store's energy reports, owned by neither.
+//! - [`overrides`]: operators' overrides in force (who, why, until when), kept in the store
+//!   so a restart applies them again; the core holds the levels they set.
 //! - [`influx`]: the InfluxDB sink: points spooled in SQLite with the readings, written in
 //!   batches with retries, each exactly once.
 //! - [`service`]: tokio glue. Subscribes to every tenant's uplinks over MQTT, feeds the core,
@@ -17,6 +19,7 @@ pub mod core;
 pub mod csv_export;
 pub mod faults;
 pub mod influx;
+pub mod overrides;
 pub mod service;
 pub mod store;
 pub mod tariff;

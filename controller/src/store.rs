@@ -33,6 +33,8 @@ mod faults;
 pub use faults::FaultsAtStart;
 mod forecasts;
 pub use forecasts::{ForecastStore, ForecastStoreError};
+mod operator;
+pub use operator::{OperatorStore, OperatorStoreError};
 #[cfg(test)]
 mod tests_energy;
 #[cfg(test)]
