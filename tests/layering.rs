@@ -21,8 +21,6 @@ const OPEN_CIRCLES: &[(&str, &[&str])] = &[];
 
 /// Files still to split (issue 23).
 const OPEN_LONG_FILES: &[&str] = &[
-    "broker/src/external_link.rs",
-    "broker/src/netserver.rs",
     "dashboards/src/accounts.rs",
     "dashboards/src/lib.rs",
 ];

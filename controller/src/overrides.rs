@@ -54,13 +54,15 @@ impl ActiveOverride {
     /// Whether a caller limited to `viewer` (`None`: every tenant) may see it: their own
     /// tenant's overrides and those on their tenant's zones.
     pub fn visible_to(&self, viewer: Option<&TenantId>) -> bool {
-        match viewer {
-            None => true,
-            Some(t) => {
-                self.tenant.as_ref() == Some(t)
-                    || matches!(&self.target, OverrideTarget::Zone { tenant, .. } if tenant == t)
-            }
-        }
+        let by_target = match &self.target {
+            OverrideTarget::Zone { tenant, .. } => Some(tenant),
+            _ => None,
+        };
+        viewer.is_none()
+            || [self.tenant.as_ref(), by_target]
+                .into_iter()
+                .flatten()
+                .any(|t| t.visible_to(viewer))
     }
 
     /// Whether `self` and `other` are the same override: one target, set for one tenant.

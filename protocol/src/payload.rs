@@ -216,8 +216,9 @@ pub struct ProfileStep {
 /// town stays lit when the controller or the network is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailSafeProfile {
-    /// Local time offset from UTC used for the steps' minutes (the controller resends the
-    /// profile when the clocks change).
+    /// Local time offset from UTC used for the steps' minutes. Fixed: a node running its
+    /// fail-safe across a clock change keeps the offset it was given (a
+    /// [`Command::FailSafeProfile`] gives it a new one).
     pub utc_offset_min: i16,
     /// Fall back to this profile after hearing nothing from the controller this long.
     pub silence_timeout_s: u16,
