@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use lamplighter_protocol::local_time::{TimeZone, DEFAULT_TIME_ZONE};
 use lamplighter_protocol::lorawan::{AesKey, SessionKeys};
 use lamplighter_protocol::{DevAddr, DevEui, TenantId};
 use serde::Deserialize;
@@ -23,6 +24,9 @@ pub struct EdgeConfig {
     pub rated_power_w: f32,
     #[serde(default = "default_interval")]
     pub report_interval_s: u32,
+    /// The clocks the fail-safe profile follows (IANA name), across their changes.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: TimeZone,
     /// Where the node keeps its FCnt and energy meter across restarts.
     pub state_file: PathBuf,
     pub mqtt: MqttSection,
@@ -43,6 +47,9 @@ fn default_power() -> f32 {
 }
 fn default_interval() -> u32 {
     300
+}
+fn default_time_zone() -> TimeZone {
+    DEFAULT_TIME_ZONE
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +109,7 @@ impl EdgeConfig {
             self.longitude,
         );
         node.report_interval_s = self.report_interval_s;
+        node.time_zone = Some(self.time_zone);
         node
     }
 
@@ -145,6 +153,13 @@ tenant = "demo"
         assert_eq!(cfg.rated_power_w, 40.0);
         assert_eq!(cfg.node_config().report_interval_s, 60);
         assert_eq!(cfg.mqtt_link().tenant.as_str(), "demo");
+        assert_eq!(cfg.node_config().time_zone, Some(DEFAULT_TIME_ZONE));
+        let dublin = EXAMPLE.replace(
+            "state_file = \"/tmp/state.json\"",
+            "state_file = \"/tmp/state.json\"\ntime_zone = \"Europe/Dublin\"",
+        );
+        let cfg = EdgeConfig::parse(&dublin, Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.time_zone.name(), "Europe/Dublin");
     }
 
     #[test]
@@ -164,6 +179,13 @@ tenant = "demo"
                 "tenant",
             ),
             (format!("{EXAMPLE}\nextra = 1\n"), "unknown field"),
+            (
+                EXAMPLE.replace(
+                    "state_file = \"/tmp/state.json\"",
+                    "state_file = \"/tmp/state.json\"\ntime_zone = \"Europe/Bristol\"",
+                ),
+                "Europe/Bristol",
+            ),
             (
                 EXAMPLE.replace("nwk_s_key = \"00112233445566778899aabbccddeeff\"\n", ""),
                 "nwk_s_key",

@@ -27,6 +27,7 @@
 //!   opened with the group's keys and checked against the group's own frame counter, so
 //!   one downlink can dim a whole zone.
 
+use lamplighter_protocol::local_time::TimeZone;
 use lamplighter_protocol::lorawan::{
     self, AesKey, DataFrame, FCtrl, FrameError, JoinRequest, MType, SessionKeys,
 };
@@ -52,6 +53,11 @@ pub struct NodeConfig {
     /// Ramp used when the node changes level on its own (fail-safe steps, dusk, dawn).
     pub local_ramp_ms: u32,
     pub fail_safe: FailSafeProfile,
+    /// The clocks the fail-safe profile's minutes are read on, following their changes
+    /// (`Europe/London`: GMT in winter, BST in summer). `None`: the profile's own fixed
+    /// `utc_offset_min`.
+    #[serde(default)]
+    pub time_zone: Option<TimeZone>,
     /// LoRaWAN device class: when the node listens for downlinks.
     #[serde(default)]
     pub class: LorawanClass,
@@ -110,6 +116,7 @@ impl NodeConfig {
             min_report_gap_ms: 1_000,
             local_ramp_ms: 5_000,
             fail_safe: FailSafeProfile::part_night(0, 900),
+            time_zone: None,
             class: LorawanClass::C,
             otaa: None,
             multicast: Vec::new(),
@@ -341,7 +348,11 @@ impl NodeCore {
     fn fail_safe_level_pct(&self, now: UnixMs) -> u8 {
         if self.dark.is_dark(self.config.lat, self.config.lon, now) {
             let p = &self.config.fail_safe;
-            let minute = now.local_seconds_of_day(p.utc_offset_min as i32) / 60;
+            let offset_min = match self.config.time_zone {
+                Some(tz) => tz.offset_min_at(now),
+                None => p.utc_offset_min as i32,
+            };
+            let minute = now.local_seconds_of_day(offset_min) / 60;
             p.level_at_minute(minute as u16)
         } else {
             0

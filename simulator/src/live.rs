@@ -141,6 +141,7 @@ impl LiveTown {
                 config.time_zone.offset_min_at(now) as i16,
                 config.silence_timeout_s,
             );
+            node_config.time_zone = Some(config.time_zone);
             let core = NodeCore::new(node_config, now, node.fcnt_up, node.energy_wh);
             let hardware = SimulatedLamp::new(node.lat, node.lon, node.rated_power_w);
             let link = MqttLink {
@@ -216,6 +217,7 @@ impl LiveTown {
                 config.time_zone.offset_min_at(now) as i16,
                 config.silence_timeout_s,
             );
+            node_config.time_zone = Some(config.time_zone);
             node_config.multicast = node.multicast;
             let core = NodeCore::new(node_config, now, node.fcnt_up, node.energy_wh);
             let hardware = SimulatedLamp::new(node.lat, node.lon, node.rated_power_w);

@@ -51,6 +51,29 @@ fn decode_report(n: &NodeCore, phy: &[u8]) -> StatusReport {
 }
 
 #[test]
+fn a_fail_safe_node_keeps_to_its_time_zone_across_the_spring_clock_change() {
+    // 2025-03-29 (GMT) and 2025-03-30 (BST, from 01:00 UTC): the part-night profile's 75 %
+    // step at 22:00 local is 22:00 UTC before the change and 21:00 UTC after it.
+    const SAT_22_UTC: UnixMs = UnixMs(1_743_285_600_000);
+    const SUN_21_UTC: UnixMs = UnixMs(1_743_368_400_000);
+    let silent = |tz: Option<TimeZone>, t: UnixMs| {
+        let mut cfg = NodeConfig::new(DevEui(7), DevAddr(0x2601_0007), keys(), 51.5, -0.12);
+        cfg.time_zone = tz;
+        NodeCore::new(cfg, t, 0, 0.0).target_pct()
+    };
+    let london = Some(TimeZone::named("Europe/London").unwrap());
+    for (t, fixed_utc, in_london) in [
+        (UnixMs(SAT_22_UTC.0 - 60_000), 100.0, 100.0),
+        (SAT_22_UTC, 75.0, 75.0),
+        (UnixMs(SUN_21_UTC.0 - 60_000), 100.0, 100.0),
+        (SUN_21_UTC, 100.0, 75.0),
+    ] {
+        assert_eq!(silent(None, t), fixed_utc, "{t:?}, fixed offset 0");
+        assert_eq!(silent(london, t), in_london, "{t:?}, Europe/London");
+    }
+}
+
+#[test]
 fn fail_safe_profile_lights_at_night_and_not_by_day() {
     assert_eq!(node(NOON).target_pct(), 0.0);
     // 22:00 UTC with offset 0: the part-night profile's 75 % step.

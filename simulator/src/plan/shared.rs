@@ -202,7 +202,8 @@ impl<'a> Shared<'a> {
             },
             fault_nodes: Vec::new(),
             skew_ms: vec![0; town.lamps.len()],
-            // A node keeps a fixed offset: the one in force when the run starts.
+            // The offset in force at the start, for a node given no time zone; the nodes of a
+            // run follow the town's (`node_config`).
             fail_safe: FailSafeProfile::part_night(
                 time_zone.offset_min_at(UnixMs(start)) as i16,
                 SILENCE_TIMEOUT_S,
@@ -442,6 +443,7 @@ impl Shared<'_> {
         let mut c = NodeConfig::new(dev_eui(i), dev_addr(i), self.keys[i], l.lat, l.lon);
         c.report_interval_s = REPORT_INTERVAL_S;
         c.fail_safe = self.fail_safe.clone();
+        c.time_zone = Some(self.time_zone);
         c
     }
 
