@@ -1530,18 +1530,28 @@ async fn audit_csv(
     Query(q): Query<AuditQuery>,
 ) -> Response {
     match audit_entries(&state, &auth, &q, 100_000, &uri) {
-        Ok(entries) => (
-            [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-                (header::CACHE_CONTROL, "no-store"),
-                (
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"lamplighter-audit.csv\"",
-                ),
-            ],
-            accounts::audit_csv(&entries),
-        )
-            .into_response(),
+        Ok(entries) => match accounts::audit_csv(&entries) {
+            Ok(csv) => (
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                    (header::CACHE_CONTROL, "no-store"),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"lamplighter-audit.csv\"",
+                    ),
+                ],
+                csv,
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "audit CSV");
+                json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot write the audit log as CSV",
+                    &uri,
+                )
+            }
+        },
         Err(r) => r,
     }
 }
