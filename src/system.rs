@@ -11,15 +11,17 @@ use lamplighter_controller::core::{
     ControllerConfig, ControllerCore, LampView, Summary, ZoneSettings, ZoneSettingsError, ZoneView,
 };
 use lamplighter_controller::faults::{Fault, FaultCounts, FaultError, FaultId};
+use lamplighter_controller::overrides::{self, ActiveOverride, OverrideTarget, Overrides};
 use lamplighter_controller::service::{self, ControllerHandle, ServiceConfig};
 use lamplighter_controller::store::{EnergySummary, HistoryPoint, Resolution};
-use lamplighter_controller::store::{ForecastStore, Store, StoreThread, StoreWriter, StoredNode};
+use lamplighter_controller::store::{
+    ForecastStore, OperatorStore, Store, StoreThread, StoreWriter, StoredNode,
+};
 use lamplighter_dashboards::{
-    Accounts, CommandRecord, DashboardOptions, LampHistory, LiveSource, OverrideTarget, Road,
-    SourceError,
+    Accounts, CommandRecord, DashboardOptions, LampHistory, LiveSource, Road, SourceError,
 };
 use lamplighter_protocol::time::ScaledClock;
-use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
+use lamplighter_protocol::{LampId, TenantId, ZoneId};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::Deserialize;
@@ -149,6 +151,15 @@ struct Dashboard {
     external_links: Vec<lamplighter_broker::external_link::LinkHandle>,
     /// The InfluxDB sink's counters (spool depth), if it runs.
     influx: Option<Arc<lamplighter_controller::influx::SinkMetrics>>,
+    /// Operators' overrides in force, kept in the store.
+    overrides: Mutex<Overrides>,
+    /// Zones' settings as operators set them, kept in the store.
+    operator: Mutex<OperatorStore>,
+}
+
+/// A lock still usable after a panic elsewhere held it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Dashboard {
@@ -203,34 +214,40 @@ impl LiveSource for Dashboard {
         level_pct: Option<u8>,
         until_ms: u64,
     ) -> Result<usize, SourceError> {
-        self.controller.with_core(|core, now| {
-            let lamps: Vec<LampId> = match target {
-                OverrideTarget::Lamp { lamp } => core
-                    .node(*lamp)
-                    .filter(|n| n.tenant.visible_to(tenant))
-                    .map(|n| n.lamp)
-                    .into_iter()
-                    .collect(),
-                OverrideTarget::Zone { tenant: zt, zone } => core
-                    .lamps(now, tenant)
-                    .into_iter()
-                    .filter(|l| &l.tenant == zt && l.zone == *zone)
-                    .map(|l| l.lamp)
-                    .collect(),
-                OverrideTarget::Town => core
-                    .lamps(now, tenant)
-                    .into_iter()
-                    .map(|l| l.lamp)
-                    .collect(),
-            };
-            if lamps.is_empty() {
-                return Err(SourceError::NotFound(target.to_string()));
-            }
-            for &lamp in &lamps {
-                core.set_override(now, lamp, level_pct, UnixMs(until_ms));
-            }
-            Ok(lamps.len())
-        })
+        self.controller
+            .with_core(|core, now| overrides::apply(core, now, tenant, target, level_pct, until_ms))
+            .ok_or_else(|| SourceError::NotFound(target.to_string()))
+    }
+    fn keep_override(&self, o: &ActiveOverride) -> Result<(), SourceError> {
+        lock(&self.overrides)
+            .record(o.clone())
+            .map_err(|e| SourceError::Internal(e.to_string()))
+    }
+    fn forget_override(
+        &self,
+        target: &OverrideTarget,
+        tenant: Option<&TenantId>,
+        now_ms: u64,
+    ) -> Result<(), SourceError> {
+        lock(&self.overrides)
+            .forget(target, tenant, now_ms)
+            .map_err(|e| SourceError::Internal(e.to_string()))
+    }
+    fn overrides(&self, tenant: Option<&TenantId>) -> Vec<ActiveOverride> {
+        lock(&self.overrides).in_force(self.controller.now().0, tenant)
+    }
+    fn keep_zone_settings(
+        &self,
+        tenant: &TenantId,
+        zone: ZoneId,
+        settings: &ZoneSettings,
+        username: &str,
+    ) -> Result<(), SourceError> {
+        let json =
+            serde_json::to_string(settings).map_err(|e| SourceError::Internal(e.to_string()))?;
+        lock(&self.operator)
+            .save_zone_settings(tenant, zone, &json, username, self.controller.now().0)
+            .map_err(|e| SourceError::Internal(e.to_string()))
     }
     fn lamp_history(
         &self,
@@ -506,14 +523,7 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
-    let source: Arc<dyn LiveSource> = Arc::new(Dashboard {
-        controller: controller.clone(),
-        history: Mutex::new(Store::open_read_only(data_dir)?),
-        roads: config.roads.clone(),
-        external_links: external_links.iter().map(|l| l.handle()).collect(),
-        influx: store_thread.influx_metrics(),
-    });
-    let accounts = Accounts::open(data_dir)?;
+    let mut accounts = Accounts::open(data_dir)?;
     if accounts.users(None)?.is_empty() {
         tracing::warn!(
             file = %accounts.path().display(),
@@ -521,20 +531,16 @@ pub async fn start(
              --username NAME --role admin` (the password is read from stdin)"
         );
     }
-    // Zone settings engineers saved on the dashboard apply again after a restart.
-    for (tenant, zone, json) in accounts.saved_zone_settings()? {
-        let applied = TenantId::new(&tenant)
-            .map_err(|e| e.to_string())
-            .and_then(|t| {
-                let s: ZoneSettings = serde_json::from_str(&json).map_err(|e| e.to_string())?;
-                controller
-                    .with_core(|core, now| core.set_zone_settings(now, &t, ZoneId(zone), &s))
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = applied {
-            tracing::warn!(%tenant, zone, error = %e, "saved zone settings not applied");
-        }
-    }
+    let (overrides, operator) = restore_operator_state(data_dir, &controller, &mut accounts)?;
+    let source: Arc<dyn LiveSource> = Arc::new(Dashboard {
+        controller: controller.clone(),
+        history: Mutex::new(Store::open_read_only(data_dir)?),
+        roads: config.roads.clone(),
+        external_links: external_links.iter().map(|l| l.handle()).collect(),
+        influx: store_thread.influx_metrics(),
+        overrides: Mutex::new(overrides),
+        operator: Mutex::new(operator),
+    });
     let options = DashboardOptions {
         secure_cookies: config.http_secure_cookies,
         ..DashboardOptions::default()
@@ -560,6 +566,71 @@ pub async fn start(
         },
         nodes,
     ))
+}
+
+/// What operators set that outlives a restart, applied again: zones' settings, then the
+/// overrides still in force. Rows an earlier version kept in the accounts file move to the
+/// store first, once.
+fn restore_operator_state(
+    data_dir: &std::path::Path,
+    controller: &ControllerHandle,
+    accounts: &mut Accounts,
+) -> Result<(Overrides, OperatorStore)> {
+    let now_ms = controller.now().0;
+    let mut operator = OperatorStore::open(data_dir)?;
+    let earlier = accounts.operator_state(now_ms)?;
+    if !earlier.overrides.is_empty() || !earlier.zone_settings.is_empty() {
+        for o in &earlier.overrides {
+            operator.save_override(o)?;
+        }
+        for (tenant, zone, json, username) in &earlier.zone_settings {
+            match TenantId::new(tenant) {
+                Ok(t) => operator.save_zone_settings(&t, ZoneId(*zone), json, username, now_ms)?,
+                Err(e) => tracing::warn!(%tenant, zone, error = %e, "saved zone settings skipped"),
+            }
+        }
+        accounts.forget_operator_state()?;
+        tracing::info!(
+            overrides = earlier.overrides.len(),
+            zones = earlier.zone_settings.len(),
+            "moved the overrides and zone settings kept in the accounts file to the store"
+        );
+    }
+    for (tenant, zone, json) in operator.saved_zone_settings()? {
+        let applied = TenantId::new(&tenant)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                let s: ZoneSettings = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+                controller
+                    .with_core(|core, now| core.set_zone_settings(now, &t, ZoneId(zone), &s))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = applied {
+            tracing::warn!(%tenant, zone, error = %e, "saved zone settings not applied");
+        }
+    }
+    let mut overrides = Overrides::with_store(OperatorStore::open(data_dir)?);
+    for o in overrides.saved(now_ms)? {
+        let (target, level_pct, until_ms) = (o.target.clone(), o.level_pct, o.until_ms);
+        let applied = controller.with_core(|core, now| {
+            overrides::apply(
+                core,
+                now,
+                o.tenant.as_ref(),
+                &target,
+                Some(level_pct),
+                until_ms,
+            )
+        });
+        match applied {
+            Some(lamps) => {
+                tracing::info!(%target, level_pct, lamps, until_ms, "override restored");
+                overrides.record(ActiveOverride { lamps, ..o })?;
+            }
+            None => tracing::warn!(%target, "saved override matches no lamp; not applied"),
+        }
+    }
+    Ok((overrides, operator))
 }
 
 impl System {

@@ -13,6 +13,7 @@ mod field_realities;
 mod influx_sink;
 mod layering;
 mod lorawan_cli;
+mod operator_state;
 mod sim_live_udp;
 mod store_cli;
 mod store_crash;

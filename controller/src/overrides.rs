@@ -6,10 +6,50 @@
 //! applied again after a restart. [`Overrides`] is that list, written through to the store's
 //! file ([`crate::store::OperatorStore`]) when it has one: the web layer owns none of it.
 
-use lamplighter_protocol::{LampId, TenantId, ZoneId};
+use lamplighter_protocol::{LampId, TenantId, UnixMs, ZoneId};
 use serde::{Deserialize, Serialize};
 
+use crate::core::ControllerCore;
 use crate::store::{OperatorStore, OperatorStoreError};
+
+/// Sets (`level_pct` Some) or clears the override on the lamps of `target` that a caller
+/// limited to `viewer` may see, until `until_ms`. Returns how many lamps, or `None` when
+/// the caller sees no lamp there (an unknown lamp or zone, or another tenant's).
+pub fn apply(
+    core: &mut ControllerCore,
+    now: UnixMs,
+    viewer: Option<&TenantId>,
+    target: &OverrideTarget,
+    level_pct: Option<u8>,
+    until_ms: u64,
+) -> Option<usize> {
+    let lamps: Vec<LampId> = match target {
+        OverrideTarget::Lamp { lamp } => core
+            .node(*lamp)
+            .filter(|n| n.tenant.visible_to(viewer))
+            .map(|n| n.lamp)
+            .into_iter()
+            .collect(),
+        OverrideTarget::Zone { tenant, zone } => core
+            .lamps(now, viewer)
+            .into_iter()
+            .filter(|l| &l.tenant == tenant && l.zone == *zone)
+            .map(|l| l.lamp)
+            .collect(),
+        OverrideTarget::Town => core
+            .lamps(now, viewer)
+            .into_iter()
+            .map(|l| l.lamp)
+            .collect(),
+    };
+    if lamps.is_empty() {
+        return None;
+    }
+    for &lamp in &lamps {
+        core.set_override(now, lamp, level_pct, UnixMs(until_ms));
+    }
+    Some(lamps.len())
+}
 
 /// What an override applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +115,12 @@ impl ActiveOverride {
 pub struct Overrides {
     list: Vec<ActiveOverride>,
     store: Option<OperatorStore>,
+}
+
+impl Default for Overrides {
+    fn default() -> Self {
+        Overrides::in_memory()
+    }
 }
 
 impl Overrides {

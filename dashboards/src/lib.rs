@@ -7,10 +7,10 @@
 //! handle on the core; each request (and each tick of each live stream) asks the source
 //! afresh, so there is no second copy of the truth to drift. The source's methods are
 //! synchronous and are called straight from the request handlers: implementations should
-//! take a snapshot under a short lock and return, never wait on I/O. The one exception is
-//! the list of overrides in force, with who set them and why, which the dashboard keeps
-//! (and saves in the accounts file) until the controller does: all of it is in
-//! `overrides.rs`, and the API that changes it in `routes/overrides.rs`.
+//! take a snapshot under a short lock and return, never wait on I/O. The dashboard owns no
+//! operational state: overrides in force and zones' settings are kept by the source (the
+//! controller's store, `controller::overrides`), and the accounts file holds only accounts,
+//! sessions, tokens and the audit log.
 //!
 //! Routes ([`router`]). Every `/api/v1/*` route but login needs a session cookie or an API
 //! token ([`accounts`]) and answers 401 without; state-changing requests with a session also
@@ -86,7 +86,6 @@ mod audit;
 mod auth;
 mod error;
 mod json;
-mod overrides;
 mod routes;
 mod source;
 mod state;

@@ -3,50 +3,12 @@
 
 use lamplighter_controller::core::{LampView, Summary, ZoneSettings, ZoneView};
 use lamplighter_controller::faults::{Fault, FaultCounts, FaultId};
+pub use lamplighter_controller::overrides::{ActiveOverride, OverrideTarget};
 use lamplighter_controller::store::{EnergySummary, HistoryPoint};
 use lamplighter_protocol::{LampId, TenantId, ZoneId};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::wall_ms;
-
-/// What an override applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "scope", rename_all = "lowercase")]
-pub enum OverrideTarget {
-    Lamp {
-        lamp: LampId,
-    },
-    Zone {
-        tenant: TenantId,
-        zone: ZoneId,
-    },
-    /// Every lamp the caller may see.
-    Town,
-}
-
-impl std::fmt::Display for OverrideTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OverrideTarget::Lamp { lamp } => write!(f, "lamp {}", lamp.0),
-            OverrideTarget::Zone { tenant, zone } => write!(f, "zone {tenant}/{}", zone.0),
-            OverrideTarget::Town => f.write_str("town"),
-        }
-    }
-}
-
-/// An override in force, as the page lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ActiveOverride {
-    pub target: OverrideTarget,
-    /// The tenant the caller was limited to (`None`: every tenant).
-    pub tenant: Option<TenantId>,
-    pub level_pct: u8,
-    pub lamps: usize,
-    pub from_ms: u64,
-    pub until_ms: u64,
-    pub username: String,
-    pub reason: String,
-}
 
 /// A lamp's history as the page shows it: readings (or rollups) and the commands sent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -112,6 +74,25 @@ pub trait LiveSource: Send + Sync + 'static {
     ) -> Result<usize, SourceError> {
         Err(SourceError::Unsupported("overrides"))
     }
+    /// Keeps an override applied with [`LiveSource::set_override`], replacing the one on
+    /// the same target set for the same tenant: it is listed, and applied again after a
+    /// restart.
+    fn keep_override(&self, _override: &ActiveOverride) -> Result<(), SourceError> {
+        Err(SourceError::Unsupported("overrides"))
+    }
+    /// Forgets the override on `target` set for `tenant`, cleared at `now_ms`.
+    fn forget_override(
+        &self,
+        _target: &OverrideTarget,
+        _tenant: Option<&TenantId>,
+        _now_ms: u64,
+    ) -> Result<(), SourceError> {
+        Err(SourceError::Unsupported("overrides"))
+    }
+    /// The overrides in force that `tenant` may see, oldest first.
+    fn overrides(&self, _tenant: Option<&TenantId>) -> Vec<ActiveOverride> {
+        Vec::new()
+    }
     /// A lamp's history over `[from_s, to_s)` (Unix seconds).
     fn lamp_history(
         &self,
@@ -147,6 +128,17 @@ pub trait LiveSource: Send + Sync + 'static {
         _zone: ZoneId,
         _settings: &ZoneSettings,
     ) -> Result<usize, SourceError> {
+        Err(SourceError::Unsupported("zone settings"))
+    }
+    /// Keeps a zone's settings, set by `username` with [`LiveSource::set_zone_settings`],
+    /// so a restart applies them again.
+    fn keep_zone_settings(
+        &self,
+        _tenant: &TenantId,
+        _zone: ZoneId,
+        _settings: &ZoneSettings,
+        _username: &str,
+    ) -> Result<(), SourceError> {
         Err(SourceError::Unsupported("zone settings"))
     }
     /// Faults not yet cleared, newest first, and their counts.

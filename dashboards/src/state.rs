@@ -1,5 +1,4 @@
-//! What every handler shares: the source, the accounts, the login throttle, the overrides
-//! in force and the options.
+//! What every handler shares: the source, the accounts, the login throttle and the options.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -8,7 +7,6 @@ use tokio::sync::watch;
 
 use crate::accounts::{Accounts, AccountsError};
 use crate::error::ApiError;
-use crate::overrides::Overrides;
 use crate::throttle::Throttle;
 use crate::LiveSource;
 
@@ -36,7 +34,6 @@ pub(crate) struct AppState {
     pub(crate) source: Arc<dyn LiveSource>,
     pub(crate) accounts: Arc<Mutex<Accounts>>,
     pub(crate) throttle: Arc<Throttle>,
-    pub(crate) overrides: Arc<Overrides>,
     pub(crate) options: DashboardOptions,
     /// Closed (its sender dropped) when [`crate::serve`] stops; event streams end then.
     /// `None` for a bare [`crate::router`], whose streams end only when the client leaves.
@@ -46,16 +43,14 @@ pub(crate) struct AppState {
 impl AppState {
     pub(crate) fn new(
         source: Arc<dyn LiveSource>,
-        mut accounts: Accounts,
+        accounts: Accounts,
         options: DashboardOptions,
         shutdown: Option<watch::Receiver<()>>,
     ) -> AppState {
-        let overrides = Overrides::restore(source.as_ref(), &mut accounts);
         AppState {
             source,
             accounts: Arc::new(Mutex::new(accounts)),
             throttle: Arc::new(Throttle::new()),
-            overrides: Arc::new(overrides),
             options,
             shutdown,
         }

@@ -635,7 +635,11 @@ type Recorded = (Option<TenantId>, String, Option<u8>, u64);
 #[derive(Default)]
 struct TenantSource {
     overrides: std::sync::Mutex<Vec<Recorded>>,
+    /// The overrides kept, as the controller keeps them (in memory here).
+    kept: std::sync::Mutex<lamplighter_controller::overrides::Overrides>,
     settings: std::sync::Mutex<Vec<(TenantId, ZoneId, lamplighter_dashboards::ZoneSettings)>>,
+    /// (tenant, zone, username) of each zone's settings kept.
+    kept_settings: std::sync::Mutex<Vec<(TenantId, ZoneId, String)>>,
 }
 
 fn default_settings() -> lamplighter_dashboards::ZoneSettings {
@@ -771,6 +775,44 @@ impl LiveSource for TenantSource {
             .unwrap()
             .push((tenant.clone(), zone, settings.clone()));
         Ok(1)
+    }
+    fn keep_zone_settings(
+        &self,
+        tenant: &TenantId,
+        zone: ZoneId,
+        _settings: &lamplighter_dashboards::ZoneSettings,
+        username: &str,
+    ) -> Result<(), lamplighter_dashboards::SourceError> {
+        self.kept_settings
+            .lock()
+            .unwrap()
+            .push((tenant.clone(), zone, username.to_string()));
+        Ok(())
+    }
+    fn keep_override(
+        &self,
+        o: &lamplighter_dashboards::ActiveOverride,
+    ) -> Result<(), lamplighter_dashboards::SourceError> {
+        self.kept
+            .lock()
+            .unwrap()
+            .record(o.clone())
+            .map_err(|e| lamplighter_dashboards::SourceError::Internal(e.to_string()))
+    }
+    fn forget_override(
+        &self,
+        target: &lamplighter_dashboards::OverrideTarget,
+        tenant: Option<&TenantId>,
+        now_ms: u64,
+    ) -> Result<(), lamplighter_dashboards::SourceError> {
+        self.kept
+            .lock()
+            .unwrap()
+            .forget(target, tenant, now_ms)
+            .map_err(|e| lamplighter_dashboards::SourceError::Internal(e.to_string()))
+    }
+    fn overrides(&self, tenant: Option<&TenantId>) -> Vec<lamplighter_dashboards::ActiveOverride> {
+        self.kept.lock().unwrap().in_force(self.now_ms(), tenant)
     }
 }
 
@@ -1184,93 +1226,6 @@ async fn viewers_cannot_override_and_tenants_see_only_their_lamps() {
     // Admin routes: 403 for an operator.
     let res = request_with(s.addr, "GET", "/api/v1/users", &[bearer(&operator)], None).await;
     assert_eq!(res.status, 403);
-}
-
-/// A dashboard over `dir`'s accounts (made by [`start_accounts`]) with a fresh source: the
-/// same deployment after a restart.
-async fn restart(
-    dir: &std::path::Path,
-) -> (
-    SocketAddr,
-    Arc<TenantSource>,
-    JoinHandle<std::io::Result<()>>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let source = Arc::new(TenantSource::default());
-    let accounts = Accounts::open(dir).unwrap();
-    let task = tokio::spawn(serve(
-        listener,
-        source.clone(),
-        accounts,
-        DashboardOptions::default(),
-    ));
-    (addr, source, task)
-}
-
-#[tokio::test]
-async fn an_override_outlives_a_restart_and_a_cleared_one_does_not_come_back() {
-    let s = start_accounts(DashboardOptions::default()).await;
-    let (cookie, csrf) = login(s.addr, "olga").await;
-    let ov = serde_json::json!({
-        "scope": "zone", "zone": 2, "level_pct": 100, "duration_s": 900, "reason": "gas leak"
-    })
-    .to_string();
-    let res = request_with(
-        s.addr,
-        "POST",
-        "/api/v1/overrides",
-        &[cookie, csrf],
-        Some(&ov),
-    )
-    .await;
-    assert_eq!(res.status, 201, "{}", res.body);
-    s._task.abort();
-
-    // The restarted dashboard applies it to the (new) controller as it starts (so before it
-    // answers a login), and lists it.
-    let (addr, source, task) = restart(s.dir.path()).await;
-    let (cookie, csrf) = login(addr, "olga").await;
-    {
-        let applied = source.overrides.lock().unwrap();
-        assert_eq!(applied.len(), 1, "{applied:?}");
-        assert_eq!(applied[0].2, Some(100));
-        assert_eq!(applied[0].3, 1_000_000 + 900_000, "it keeps its end");
-    }
-    let listed = request_with(
-        addr,
-        "GET",
-        "/api/v1/overrides",
-        std::slice::from_ref(&cookie),
-        None,
-    )
-    .await;
-    let o = &listed.json()["overrides"][0];
-    assert_eq!(
-        (o["target"]["zone"].as_u64(), o["level_pct"].as_u64()),
-        (Some(2), Some(100))
-    );
-    assert_eq!(o["reason"], "gas leak");
-    assert_eq!(o["username"], "olga");
-
-    let clear = serde_json::json!({"scope": "zone", "zone": 2, "reason": "made safe"}).to_string();
-    let res = request_with(
-        addr,
-        "POST",
-        "/api/v1/overrides/clear",
-        &[cookie, csrf],
-        Some(&clear),
-    )
-    .await;
-    assert_eq!(res.status, 200, "{}", res.body);
-    task.abort();
-    let (addr, source, task) = restart(s.dir.path()).await;
-    login(addr, "olga").await;
-    assert!(
-        source.overrides.lock().unwrap().is_empty(),
-        "a cleared override came back"
-    );
-    task.abort();
 }
 
 #[tokio::test]
@@ -1689,12 +1644,9 @@ async fn zone_settings_are_admin_only_validated_audited_and_saved() {
     let detail: Value = serde_json::from_str(line["detail"].as_str().unwrap()).unwrap();
     assert_eq!(detail["from"]["policy"], "part-night");
     assert_eq!(detail["to"]["policy"], "full");
-    // Saved for the next start.
-    let saved = Accounts::open(s.dir.path())
-        .unwrap()
-        .saved_zone_settings()
-        .unwrap();
-    assert_eq!(saved.len(), 1);
-    assert_eq!((saved[0].0.as_str(), saved[0].1), ("north", 2));
-    assert!(saved[0].2.contains("\"full\""));
+    // Kept by the source for the next start, with who set them.
+    let kept = s.source.kept_settings.lock().unwrap().clone();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!((kept[0].0.as_str(), kept[0].1), ("north", ZoneId(2)));
+    assert!(!kept[0].2.is_empty());
 }

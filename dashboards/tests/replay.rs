@@ -26,9 +26,9 @@ use futures::StreamExt;
 use lamplighter_controller::core::policy::Reason;
 use lamplighter_controller::faults::{Action, FaultKind};
 use lamplighter_dashboards::{
-    router, wall_ms, Accounts, CommandRecord, DashboardOptions, Fault, FaultCounts, FaultId,
-    HistoryPoint, LampHistory, LampView, LiveSource, OverrideTarget, Road, Role, SourceError,
-    Summary, ZoneSettings, ZoneView,
+    router, wall_ms, Accounts, ActiveOverride, CommandRecord, DashboardOptions, Fault, FaultCounts,
+    FaultId, HistoryPoint, LampHistory, LampView, LiveSource, OverrideTarget, Road, Role,
+    SourceError, Summary, ZoneSettings, ZoneView,
 };
 use lamplighter_protocol::payload::NodeMode;
 use lamplighter_protocol::{DevEui, LampId, TenantId, UnixMs, ZoneId};
@@ -48,6 +48,8 @@ fn t(s: &str) -> TenantId {
 #[derive(Default)]
 struct ReplaySource {
     settings: Mutex<Vec<(TenantId, ZoneId, ZoneSettings)>>,
+    /// The overrides kept, as the controller keeps them (in memory here).
+    kept: Mutex<lamplighter_controller::overrides::Overrides>,
 }
 
 fn lamp(id: u32, tenant: &str, zone: u32) -> LampView {
@@ -182,6 +184,37 @@ impl LiveSource for ReplaySource {
             return Err(SourceError::NotFound(target.to_string()));
         }
         Ok(n)
+    }
+    fn keep_override(&self, o: &ActiveOverride) -> Result<(), SourceError> {
+        self.kept
+            .lock()
+            .unwrap()
+            .record(o.clone())
+            .map_err(|e| SourceError::Internal(e.to_string()))
+    }
+    fn forget_override(
+        &self,
+        target: &OverrideTarget,
+        tenant: Option<&TenantId>,
+        now_ms: u64,
+    ) -> Result<(), SourceError> {
+        self.kept
+            .lock()
+            .unwrap()
+            .forget(target, tenant, now_ms)
+            .map_err(|e| SourceError::Internal(e.to_string()))
+    }
+    fn overrides(&self, tenant: Option<&TenantId>) -> Vec<ActiveOverride> {
+        self.kept.lock().unwrap().in_force(self.now_ms(), tenant)
+    }
+    fn keep_zone_settings(
+        &self,
+        _tenant: &TenantId,
+        _zone: ZoneId,
+        _settings: &ZoneSettings,
+        _username: &str,
+    ) -> Result<(), SourceError> {
+        Ok(())
     }
     fn lamp_history(
         &self,

@@ -37,6 +37,7 @@ mod schema;
 mod users;
 
 pub use audit::{audit_csv, AuditEntry, NewAudit};
+pub use saved::OperatorState;
 use schema::SCHEMA_VERSION;
 
 /// The accounts database's file name inside the data directory.

@@ -1,91 +1,56 @@
-//! What the engineers set that must outlive a restart: zone settings and overrides in
-//! force.
+//! What earlier versions kept in the accounts file and the controller's store keeps now:
+//! zones' policy settings and overrides in force. `serve` takes them from here once, at
+//! start ([`Accounts::operator_state`], then [`Accounts::forget_operator_state`] once its
+//! store holds them), and keeps them in its store from then on.
 
 use lamplighter_protocol::TenantId;
 use rusqlite::params;
 
 use super::{Accounts, AccountsError};
 
-impl Accounts {
-    /// Keeps a zone's policy settings (JSON), so a restart applies them again.
-    pub fn save_zone_settings(
-        &mut self,
-        tenant: &TenantId,
-        zone: u32,
-        settings_json: &str,
-        username: &str,
-        now_ms: i64,
-    ) -> Result<(), AccountsError> {
-        self.conn
-            .execute(
-                "INSERT INTO zone_settings (tenant, zone, settings, updated_ms, username)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (tenant, zone) DO UPDATE SET settings = excluded.settings,
-                    updated_ms = excluded.updated_ms, username = excluded.username",
-                params![tenant.as_str(), zone, settings_json, now_ms, username],
-            )
-            .map_err(self.sql())?;
-        Ok(())
-    }
-
-    /// Every zone's saved settings: (tenant, zone, JSON).
-    pub fn saved_zone_settings(&self) -> Result<Vec<(String, u32, String)>, AccountsError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT tenant, zone, settings FROM zone_settings ORDER BY tenant, zone")
-            .map_err(self.sql())?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(self.sql())?;
-        rows.collect::<Result<_, _>>().map_err(self.sql())
-    }
+/// Zone settings and overrides an earlier version kept here.
+#[derive(Debug, Default, PartialEq)]
+pub struct OperatorState {
+    /// Overrides still in force, oldest first.
+    pub overrides: Vec<crate::ActiveOverride>,
+    /// (tenant, zone, settings JSON, who set them), by tenant and zone.
+    pub zone_settings: Vec<(String, u32, String, String)>,
 }
 
 impl Accounts {
-    /// Keeps an override in force (replacing one on the same target for the same tenant),
-    /// so that a restart applies it again.
-    pub fn save_override(&mut self, o: &crate::ActiveOverride) -> Result<(), AccountsError> {
-        let target = serde_json::to_string(&o.target).unwrap_or_default();
-        let tenant = o.tenant.as_ref().map_or("", |t| t.as_str());
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO overrides
-                    (target, tenant, level_pct, lamps, from_ms, until_ms, username, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    target,
-                    tenant,
-                    o.level_pct,
-                    o.lamps as i64,
-                    o.from_ms as i64,
-                    o.until_ms as i64,
-                    o.username,
-                    o.reason
-                ],
-            )
-            .map_err(self.sql())?;
-        Ok(())
+    /// The zone settings and overrides (still in force at `now_ms`) an earlier version kept
+    /// here.
+    pub fn operator_state(&mut self, now_ms: u64) -> Result<OperatorState, AccountsError> {
+        Ok(OperatorState {
+            overrides: self.saved_overrides(now_ms)?,
+            zone_settings: self.saved_zone_settings()?,
+        })
     }
 
-    /// Forgets the override on `target` set for `tenant` (cleared).
-    pub fn delete_override(
-        &mut self,
-        target: &crate::OverrideTarget,
-        tenant: Option<&TenantId>,
-    ) -> Result<(), AccountsError> {
-        let target = serde_json::to_string(target).unwrap_or_default();
+    /// Removes them from this file, once they are kept elsewhere.
+    pub fn forget_operator_state(&mut self) -> Result<(), AccountsError> {
         self.conn
-            .execute(
-                "DELETE FROM overrides WHERE target = ?1 AND tenant = ?2",
-                params![target, tenant.map_or("", |t| t.as_str())],
+            .execute_batch("DELETE FROM overrides; DELETE FROM zone_settings;")
+            .map_err(self.sql())
+    }
+
+    /// Every zone's saved settings: (tenant, zone, JSON, username).
+    fn saved_zone_settings(&self) -> Result<Vec<(String, u32, String, String)>, AccountsError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT tenant, zone, settings, username FROM zone_settings ORDER BY tenant, zone",
             )
             .map_err(self.sql())?;
-        Ok(())
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
     /// The overrides kept that are still in force at `now_ms`; expired ones are forgotten.
     /// A row that no longer reads (edited by hand) is skipped with a warning.
-    pub fn saved_overrides(
+    fn saved_overrides(
         &mut self,
         now_ms: u64,
     ) -> Result<Vec<crate::ActiveOverride>, AccountsError> {

@@ -125,7 +125,7 @@ mod migration_tests {
     use super::*;
 
     #[test]
-    fn a_version_1_file_gains_the_overrides_table_and_keeps_its_users() {
+    fn a_version_1_file_gains_the_overrides_table_keeps_its_users_and_hands_over_its_state() {
         let dir = tempfile::tempdir().unwrap();
         {
             let conn = Connection::open(dir.path().join(ACCOUNTS_FILE)).unwrap();
@@ -150,10 +150,32 @@ mod migration_tests {
             username: "ada".into(),
             reason: "festival".into(),
         };
-        a.save_override(&o).unwrap();
-        assert_eq!(a.saved_overrides(1_000).unwrap(), vec![o]);
-        // Expired: forgotten.
-        assert!(a.saved_overrides(2_000).unwrap().is_empty());
+        a.conn
+            .execute(
+                "INSERT INTO overrides VALUES ('{\"scope\":\"town\"}', '', 80, 3, 10, 2000, 'ada',
+                    'festival')",
+                [],
+            )
+            .unwrap();
+        a.conn
+            .execute(
+                "INSERT INTO zone_settings VALUES ('bath', 2, '{}', 5, 'ada')",
+                [],
+            )
+            .unwrap();
+        // Read for handing over, then forgotten.
+        let earlier = a.operator_state(1_000).unwrap();
+        assert_eq!(earlier.overrides, vec![o]);
+        assert_eq!(
+            earlier.zone_settings,
+            vec![("bath".into(), 2, "{}".into(), "ada".into())]
+        );
+        assert!(
+            a.operator_state(2_000).unwrap().overrides.is_empty(),
+            "expired"
+        );
+        a.forget_operator_state().unwrap();
+        assert_eq!(a.operator_state(1_000).unwrap(), Default::default());
         drop(a);
         let version: i64 = Connection::open(dir.path().join(ACCOUNTS_FILE))
             .unwrap()

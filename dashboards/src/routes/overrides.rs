@@ -1,6 +1,6 @@
 //! Overrides through the API: an operator holds a lamp, a zone or the whole town at a level
-//! for a while, with a reason (audited). The list of those in force is
-//! [`crate::overrides::Overrides`].
+//! for a while, with a reason (audited). The source keeps those in force
+//! ([`crate::LiveSource::keep_override`]); the web layer holds none.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -128,8 +128,7 @@ pub(crate) async fn set_override(
         username: auth.username().to_string(),
         reason,
     };
-    state.overrides.put(active.clone());
-    if let Err(e) = state.accounts().save_override(&active) {
+    if let Err(e) = state.source.keep_override(&active) {
         return Err(ApiError::internal(
             "the override is in force but could not be saved: a restart would end it",
             "override not saved",
@@ -162,8 +161,7 @@ pub(crate) async fn clear_override(
             reason: &reason,
         },
     )?;
-    state.overrides.remove(&target, auth.tenant(), now_ms);
-    if let Err(e) = state.accounts().delete_override(&target, auth.tenant()) {
+    if let Err(e) = state.source.forget_override(&target, auth.tenant(), now_ms) {
         return Err(ApiError::internal(
             "the override is cleared but could not be forgotten: a restart would apply it again",
             "cleared override not forgotten",
@@ -179,6 +177,6 @@ pub(crate) async fn list_overrides(
     auth: Viewer,
 ) -> Live<serde_json::Value> {
     let now_ms = state.source.now_ms();
-    let visible = state.overrides.visible(auth.tenant(), now_ms);
+    let visible = state.source.overrides(auth.tenant());
     Live(serde_json::json!({ "now_ms": now_ms, "overrides": visible }))
 }

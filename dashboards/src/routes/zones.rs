@@ -1,5 +1,5 @@
 //! A zone's policy settings: anyone may read them, an admin changes them (validated by the
-//! controller, audited, and saved so a restart applies them again).
+//! controller, audited, and kept by the source so a restart applies them again).
 
 use axum::extract::State;
 use lamplighter_protocol::local_time::TimeZone;
@@ -12,7 +12,7 @@ use crate::auth::{Admin, Viewer};
 use crate::error::ApiError;
 use crate::json::{AppJson, Live};
 use crate::state::AppState;
-use crate::{wall_ms, ZoneSettings};
+use crate::ZoneSettings;
 
 pub(crate) async fn zone_settings(
     State(state): State<AppState>,
@@ -64,9 +64,15 @@ pub(crate) async fn set_zone_settings(
             reason: &reason,
         },
     )?;
-    let json = serde_json::to_string(&settings).unwrap_or_default();
-    state
-        .accounts()
-        .save_zone_settings(&tenant, zone.0, &json, auth.username(), wall_ms())?;
+    if let Err(e) = state
+        .source
+        .keep_zone_settings(&tenant, zone, &settings, auth.username())
+    {
+        return Err(ApiError::internal(
+            "the settings are in force but could not be saved: a restart would undo them",
+            "zone settings not saved",
+            e,
+        ));
+    }
     Ok(Live(settings))
 }
