@@ -9,6 +9,7 @@
 //! longitude = -2.5879
 //! rated_power_w = 40.0
 //! report_interval_s = 300
+//! time_zone = "Europe/London"   # the fail-safe profile's clocks, across their changes (default)
 //! state_file = "/var/lib/lamplighter-edge/state.json"   # FCnt and energy meter survive restarts
 //!
 //! [mqtt]
