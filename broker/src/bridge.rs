@@ -577,7 +577,7 @@ fn mqtt_tasks(
                                     priority: Priority::High,
                                 })
                             }
-                            Ok(Topic::Uplink { .. }) | Err(_) => None,
+                            Ok(Topic::Uplink { .. } | Topic::Ack { .. }) | Err(_) => None,
                         };
                         match request {
                             Some(r) => {

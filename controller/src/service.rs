@@ -33,12 +33,6 @@ use crate::faults::{
 };
 use crate::store::{Committed, StoreWriter};
 
-/// The topic on which the controller acknowledges a node's readings once they are stored:
-/// `lamplighter/{tenant}/ack/{dev_eui}`.
-pub fn ack_topic(tenant: &TenantId, dev_eui: DevEui) -> String {
-    format!("{}/{tenant}/ack/{dev_eui}", topics::ROOT)
-}
-
 /// An acknowledgement: "every reading up to FCnt `fcnt` that reached me is on disk". Eight
 /// bytes: the FCnt (u32 little-endian) and the first four bytes of
 /// AES-CMAC(NwkSKey, "lamplighter-ack" | DevEUI (u64 big-endian) | FCnt (u32 LE)), so that
@@ -656,7 +650,7 @@ fn spawn_acker(
                 by_lamp.insert(
                     lamp,
                     AckTarget {
-                        topic: ack_topic(&n.tenant, n.dev_eui),
+                        topic: topics::ack(&n.tenant, n.dev_eui),
                         key: n.keys.nwk_s_key,
                         dev_eui: n.dev_eui,
                         durable: last_up,

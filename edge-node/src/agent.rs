@@ -92,11 +92,6 @@ pub const OUTBOX_CAPACITY: usize = 1_000;
 /// Unacknowledged frames are sent again after this long (real time) without an ack.
 pub const RESEND_AFTER: Duration = Duration::from_secs(20);
 
-/// The controller's acknowledgement topic for a node.
-pub fn ack_topic(tenant: &TenantId, dev_eui: lamplighter_protocol::DevEui) -> String {
-    format!("{}/{tenant}/ack/{dev_eui}", topics::ROOT)
-}
-
 /// Checks an acknowledgement (8 bytes: FCnt u32 LE, then the first four bytes of
 /// AES-CMAC(NwkSKey, "lamplighter-ack" | DevEUI u64 BE | FCnt u32 LE)) and returns the FCnt
 /// it acknowledges. Anything else is `None`.
@@ -139,7 +134,7 @@ pub async fn run_node<H: Hardware>(
     let dev_eui = core.config().dev_eui;
     let up_topic = topics::uplink(&link.tenant, dev_eui);
     let down_topic = topics::downlink(&link.tenant, dev_eui);
-    let ack_topic = ack_topic(&link.tenant, dev_eui);
+    let ack_topic = topics::ack(&link.tenant, dev_eui);
     let nwk_s_key = core.config().keys.nwk_s_key;
     let new_link = || {
         let mut options = MqttOptions::new(format!("node-{dev_eui}"), &link.host, link.port);

@@ -3,6 +3,8 @@
 //!
 //! - `lamplighter/{tenant}/up/{dev_eui}`: a node's uplink frames (LoRaWAN data frames).
 //! - `lamplighter/{tenant}/down/{dev_eui}`: the controller's downlink frames to that node.
+//! - `lamplighter/{tenant}/ack/{dev_eui}`: the controller's acknowledgement to an MQTT node
+//!   of the readings stored (the FCnt up to which), so the node can drop them from its outbox.
 //! - `lamplighter/{tenant}/mcast/{mc_addr}`: a downlink frame for a zone's multicast group
 //!   (LoRaWAN only: the bridge's network server sends it once per gateway).
 //!
@@ -23,6 +25,15 @@ pub fn downlink(tenant: &TenantId, dev_eui: DevEui) -> String {
     format!("{ROOT}/{tenant}/down/{dev_eui}")
 }
 
+pub fn ack(tenant: &TenantId, dev_eui: DevEui) -> String {
+    format!("{ROOT}/{tenant}/ack/{dev_eui}")
+}
+
+/// The subscription to one tenant's unicast downlinks.
+pub fn downlinks_of(tenant: &TenantId) -> String {
+    format!("{ROOT}/{tenant}/down/+")
+}
+
 pub fn multicast(tenant: &TenantId, mc_addr: DevAddr) -> String {
     format!("{ROOT}/{tenant}/mcast/{mc_addr}")
 }
@@ -37,6 +48,7 @@ pub const ALL_MULTICAST: &str = "lamplighter/+/mcast/+";
 pub enum Topic {
     Uplink { tenant: TenantId, dev_eui: DevEui },
     Downlink { tenant: TenantId, dev_eui: DevEui },
+    Ack { tenant: TenantId, dev_eui: DevEui },
     Multicast { tenant: TenantId, mc_addr: DevAddr },
 }
 
@@ -64,6 +76,10 @@ pub fn parse(topic: &str) -> Result<Topic, TopicError> {
             dev_eui: dev_eui()?,
         }),
         "down" => Ok(Topic::Downlink {
+            tenant,
+            dev_eui: dev_eui()?,
+        }),
+        "ack" => Ok(Topic::Ack {
             tenant,
             dev_eui: dev_eui()?,
         }),
@@ -98,6 +114,14 @@ mod tests {
                 dev_eui: eui
             }
         );
+        assert_eq!(
+            parse(&ack(&t, eui)).unwrap(),
+            Topic::Ack {
+                tenant: t.clone(),
+                dev_eui: eui
+            }
+        );
+        assert_eq!(downlinks_of(&t), "lamplighter/bristol/down/+");
         let group = DevAddr(0x01AB_CDEF);
         assert_eq!(multicast(&t, group), "lamplighter/bristol/mcast/01ABCDEF");
         assert_eq!(

@@ -6,7 +6,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use lamplighter_protocol::lorawan;
-use lamplighter_protocol::{topics, DevEui, TenantId, UnixMs};
+use lamplighter_protocol::topics::{self, Topic};
+use lamplighter_protocol::{DevEui, TenantId, UnixMs};
 
 use super::config::{ExternalDevice, ExternalNetwork};
 use super::queue::{AdapterOptions, CommandQueue};
@@ -84,7 +85,7 @@ impl ExternalAdapter {
 
     /// The filter to subscribe to on the embedded broker: this tenant's downlinks.
     pub fn downlink_filter(&self) -> String {
-        format!("{}/{}/down/+", topics::ROOT, self.network.tenant)
+        topics::downlinks_of(&self.network.tenant)
     }
 
     pub fn report(&self) -> &LinkReport {
@@ -218,11 +219,10 @@ impl ExternalAdapter {
 
     fn downlink(&mut self, topic: &str, phy: &[u8]) -> Result<(), LinkError> {
         let bad_topic = || LinkError::Topic(topic.chars().take(128).collect());
-        let prefix = format!("{}/{}/down/", topics::ROOT, self.network.tenant);
-        let dev_eui: DevEui = topic
-            .strip_prefix(&prefix)
-            .and_then(|e| e.parse().ok())
-            .ok_or_else(bad_topic)?;
+        let dev_eui = match topics::parse(topic) {
+            Ok(Topic::Downlink { tenant, dev_eui }) if tenant == self.network.tenant => dev_eui,
+            _ => return Err(bad_topic()),
+        };
         let device = *self
             .devices
             .get(&dev_eui)

@@ -94,7 +94,7 @@ impl ControllerCore {
     fn accept_uplink(&mut self, now: UnixMs, topic: &str, phy: &[u8]) -> Result<LampId, Rejection> {
         let (topic_tenant, topic_dev_eui) = match topics::parse(topic)? {
             Topic::Uplink { tenant, dev_eui } => (tenant, dev_eui),
-            Topic::Downlink { .. } | Topic::Multicast { .. } => {
+            Topic::Downlink { .. } | Topic::Ack { .. } | Topic::Multicast { .. } => {
                 return Err(Rejection::DownlinkTopic)
             }
         };
