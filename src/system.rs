@@ -11,9 +11,9 @@ use lamplighter_controller::core::{
     ControllerConfig, ControllerCore, LampView, Summary, ZoneSettings, ZoneSettingsError, ZoneView,
 };
 use lamplighter_controller::faults::{Fault, FaultCounts, FaultError, FaultId};
-use lamplighter_controller::overrides::{self, ActiveOverride, OverrideTarget, Overrides};
+use lamplighter_controller::overrides::{self, ActiveOverride, OverrideTarget};
 use lamplighter_controller::service::{self, ControllerHandle, ServiceConfig};
-use lamplighter_controller::store::{EnergySummary, HistoryPoint, Resolution};
+use lamplighter_controller::store::{EnergySummary, HistoryPoint, Overrides, Resolution};
 use lamplighter_controller::store::{
     ForecastStore, OperatorStore, Store, StoreThread, StoreWriter, StoredNode,
 };

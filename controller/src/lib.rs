@@ -8,8 +8,9 @@
 //!   readings, commands, rejections. Writes are batched on their own thread.
 //! - [`tariff`]: configuration. What a kWh costs in money and carbon; read by the core's
 //!   configuration and by the store's energy reports, owned by neither.
-//! - [`overrides`]: operators' overrides in force (who, why, until when), kept in the store
-//!   so a restart applies them again; the core holds the levels they set.
+//! - [`overrides`]: what an operator's override is and which lamps it reaches; the list in
+//!   force (who, why, until when) is `store::Overrides`, kept in the store so a restart
+//!   applies them again; the core holds the levels they set.
 //! - [`influx`]: the InfluxDB sink: points spooled in SQLite with the readings, written in
 //!   batches with retries, each exactly once.
 //! - [`service`]: tokio glue. Subscribes to every tenant's uplinks over MQTT, feeds the core,

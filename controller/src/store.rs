@@ -34,7 +34,7 @@ pub use faults::FaultsAtStart;
 mod forecasts;
 pub use forecasts::{ForecastStore, ForecastStoreError};
 mod operator;
-pub use operator::{OperatorStore, OperatorStoreError};
+pub use operator::{OperatorStore, OperatorStoreError, Overrides};
 #[cfg(test)]
 mod tests_energy;
 #[cfg(test)]

@@ -636,7 +636,7 @@ type Recorded = (Option<TenantId>, String, Option<u8>, u64);
 struct TenantSource {
     overrides: std::sync::Mutex<Vec<Recorded>>,
     /// The overrides kept, as the controller keeps them (in memory here).
-    kept: std::sync::Mutex<lamplighter_controller::overrides::Overrides>,
+    kept: std::sync::Mutex<lamplighter_controller::store::Overrides>,
     settings: std::sync::Mutex<Vec<(TenantId, ZoneId, lamplighter_dashboards::ZoneSettings)>>,
     /// (tenant, zone, username) of each zone's settings kept.
     kept_settings: std::sync::Mutex<Vec<(TenantId, ZoneId, String)>>,

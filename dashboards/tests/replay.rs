@@ -49,7 +49,7 @@ fn t(s: &str) -> TenantId {
 struct ReplaySource {
     settings: Mutex<Vec<(TenantId, ZoneId, ZoneSettings)>>,
     /// The overrides kept, as the controller keeps them (in memory here).
-    kept: Mutex<lamplighter_controller::overrides::Overrides>,
+    kept: Mutex<lamplighter_controller::store::Overrides>,
 }
 
 fn lamp(id: u32, tenant: &str, zone: u32) -> LampView {
