@@ -24,6 +24,7 @@ pub mod cli_lorawan;
 pub mod cli_nodes;
 pub mod cli_sim;
 pub mod cli_store;
+pub mod ingest_bench;
 mod lorawan_bench;
 pub mod lorawan_system;
 pub mod system;

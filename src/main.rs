@@ -52,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: lamplighter::cli_lorawan::GatewaysCommand,
     },
+    /// Measuring tools: `bench ingest` (uplinks a self-started `serve` takes in over MQTT).
+    Bench {
+        #[command(subcommand)]
+        command: lamplighter::ingest_bench::BenchCommand,
+    },
     /// The simulator.
     Sim {
         #[command(subcommand)]
@@ -229,6 +234,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Gateways { command } => lamplighter::cli_lorawan::run_gateways(command),
         Command::Demo(args) => runtime()?.block_on(demo(args)),
         Command::Sim { command } => runtime()?.block_on(lamplighter::cli_sim::run(command)),
+        Command::Bench { command } => lamplighter::ingest_bench::run(command),
         Command::Serve(args) => runtime()?.block_on(serve(args)),
         Command::Nodes {
             command: NodesCommand::Export { data_dir },

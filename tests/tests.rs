@@ -4,6 +4,7 @@
 
 mod util;
 
+mod bench_ingest;
 mod browser;
 mod cli;
 mod end_to_end;
