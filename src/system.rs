@@ -18,7 +18,7 @@ use lamplighter_controller::store::{
     ForecastStore, OperatorStore, Store, StoreThread, StoreWriter, StoredNode,
 };
 use lamplighter_dashboards::{
-    Accounts, CommandRecord, DashboardOptions, LampHistory, LiveSource, Road, SourceError,
+    Accounts, DashboardOptions, LampHistory, LiveSource, Road, SourceError,
 };
 use lamplighter_protocol::time::ScaledClock;
 use lamplighter_protocol::{LampId, TenantId, ZoneId};
@@ -266,15 +266,7 @@ impl LiveSource for Dashboard {
             .map_err(|e| SourceError::Internal(e.to_string()))?;
         let commands = store
             .lamp_commands(lamp, from_s * 1000, to_s * 1000, 500)
-            .map_err(|e| SourceError::Internal(e.to_string()))?
-            .into_iter()
-            .map(|c| CommandRecord {
-                sent_ms: c.sent_ms,
-                level_pct: c.level_pct,
-                ramp_ms: c.ramp_ms,
-                reason: c.reason,
-            })
-            .collect();
+            .map_err(|e| SourceError::Internal(e.to_string()))?;
         Ok(LampHistory {
             lamp,
             points,

@@ -6,7 +6,6 @@
 //! against what the network received.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command as Process};
 use std::time::{Duration, Instant};
@@ -249,28 +248,9 @@ async fn next(commands: &mut Commands) -> Option<(String, serde_json::Value)> {
         .flatten()
 }
 
-/// A plain HTTP/1.0 GET with a bearer token: (status, body).
+/// A GET with a bearer token: (status, body).
 fn http_get(port: u16, path: &str, token: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    crate::util::http_bearer(port, "GET", path, token, None)
 }
 
 /// OTAA re-join behind ChirpStack: the network restarts FCnt at 0; every reading of both

@@ -3,45 +3,22 @@
 //! (not the dashboard), applied again when the system starts, and what an earlier version
 //! kept in the accounts file is moved to the store once.
 
-use std::io::{Read, Write};
-use std::time::Duration;
-
 use lamplighter::system;
 use lamplighter_dashboards::{Accounts, Role};
 use lamplighter_protocol::time::ScaledClock;
 use lamplighter_protocol::{TenantId, UnixMs, ZoneId};
 use serde_json::Value;
 
-use crate::util::{one_system_at_a_time, provision_town, system_config};
+use crate::util::{http_bearer, one_system_at_a_time, provision_town, system_config};
 
 // 2024-12-21 22:00 UTC: dark in Bristol.
 const NIGHT: UnixMs = UnixMs(1_734_818_400_000);
 
-/// One HTTP/1.0 request with a bearer token on loopback: (status, JSON body or null).
+/// One request with a bearer token: (status, JSON body or null).
 fn request(port: u16, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.map(Value::to_string).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    let body = body.map(Value::to_string);
+    let (status, text) = http_bearer(port, method, path, token, body.as_deref());
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,6 +170,40 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// One HTTP/1.0 request on loopback with a bearer token and an optional JSON body:
+/// (status, body).
+pub fn http_bearer(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    json_body: Option<&str>,
+) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = json_body.unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// A periodic fail-safe report from a dark lamp with `energy_dwh` on its meter, read at
 /// `reading_time_s`: what an external network's uplinks carry in the tests.
 pub fn status_report(energy_dwh: u32, reading_time_s: u32) -> StatusReport {

@@ -89,7 +89,33 @@ pub struct ActiveOverride {
     pub reason: String,
 }
 
+/// An override as the stores that keep one hold it: (target as JSON, tenant or '' for
+/// every tenant, level_pct, lamps, from_ms, until_ms, username, reason).
+pub type OverrideRow = (String, String, u8, i64, i64, i64, String, String);
+
 impl ActiveOverride {
+    /// Reads a kept row; refuses one whose target or tenant no longer parses (a row edited
+    /// by hand), saying why.
+    pub fn from_row(row: OverrideRow) -> Result<ActiveOverride, String> {
+        let (target, tenant, level_pct, lamps, from_ms, until_ms, username, reason) = row;
+        let target =
+            serde_json::from_str(&target).map_err(|e| format!("target {target:?}: {e}"))?;
+        let tenant = match tenant.as_str() {
+            "" => None,
+            t => Some(TenantId::new(t).map_err(|e| format!("tenant {t:?}: {e}"))?),
+        };
+        Ok(ActiveOverride {
+            target,
+            tenant,
+            level_pct: level_pct.min(100),
+            lamps: lamps.max(0) as usize,
+            from_ms: from_ms.max(0) as u64,
+            until_ms: until_ms.max(0) as u64,
+            username,
+            reason,
+        })
+    }
+
     /// Whether a caller limited to `viewer` (`None`: every tenant) may see it: their own
     /// tenant's overrides and those on their tenant's zones.
     pub fn visible_to(&self, viewer: Option<&TenantId>) -> bool {

@@ -18,14 +18,8 @@ pub struct LampHistory {
     pub commands: Vec<CommandRecord>,
 }
 
-/// One command sent to a lamp.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CommandRecord {
-    pub sent_ms: i64,
-    pub level_pct: u8,
-    pub ramp_ms: u32,
-    pub reason: String,
-}
+/// One command sent to a lamp, as the store keeps it.
+pub use lamplighter_controller::store::CommandSent as CommandRecord;
 
 /// A road's centre line, for drawing under the lamps.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use lamplighter_protocol::{TenantId, ZoneId};
 use rusqlite::{params, Connection};
 
-use crate::overrides::{ActiveOverride, OverrideTarget};
+use crate::overrides::{ActiveOverride, OverrideRow, OverrideTarget};
 
 #[derive(Debug, thiserror::Error)]
 #[error("operator state in {path}: {source}")]
@@ -141,8 +141,7 @@ impl OperatorStore {
                  FROM operator_overrides ORDER BY from_ms, target",
             )
             .map_err(self.sql())?;
-        type Row = (String, String, u8, i64, i64, i64, String, String);
-        let rows: Vec<Row> = stmt
+        let rows: Vec<OverrideRow> = stmt
             .query_map([], |r| {
                 Ok((
                     r.get(0)?,
@@ -159,26 +158,10 @@ impl OperatorStore {
             .collect::<Result<_, _>>()
             .map_err(self.sql())?;
         let mut out = Vec::new();
-        for (target, tenant, level_pct, lamps, from_ms, until_ms, username, reason) in rows {
-            let parsed = serde_json::from_str(&target).map_err(|e| e.to_string());
-            let tenant_id = match tenant.as_str() {
-                "" => Ok(None),
-                t => TenantId::new(t).map(Some).map_err(|e| e.to_string()),
-            };
-            match (parsed, tenant_id) {
-                (Ok(target), Ok(tenant)) => out.push(ActiveOverride {
-                    target,
-                    tenant,
-                    level_pct: level_pct.min(100),
-                    lamps: lamps.max(0) as usize,
-                    from_ms: from_ms.max(0) as u64,
-                    until_ms: until_ms.max(0) as u64,
-                    username,
-                    reason,
-                }),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(%target, %tenant, error = %e, "saved override does not read; skipped")
-                }
+        for row in rows {
+            match ActiveOverride::from_row(row) {
+                Ok(o) => out.push(o),
+                Err(e) => tracing::warn!(error = %e, "saved override does not read; skipped"),
             }
         }
         Ok(out)

@@ -3,7 +3,7 @@
 //! start ([`Accounts::operator_state`], then [`Accounts::forget_operator_state`] once its
 //! store holds them), and keeps them in its store from then on.
 
-use lamplighter_protocol::TenantId;
+use lamplighter_controller::overrides::{ActiveOverride, OverrideRow};
 use rusqlite::params;
 
 use super::{Accounts, AccountsError};
@@ -12,7 +12,7 @@ use super::{Accounts, AccountsError};
 #[derive(Debug, Default, PartialEq)]
 pub struct OperatorState {
     /// Overrides still in force, oldest first.
-    pub overrides: Vec<crate::ActiveOverride>,
+    pub overrides: Vec<ActiveOverride>,
     /// (tenant, zone, settings JSON, who set them), by tenant and zone.
     pub zone_settings: Vec<(String, u32, String, String)>,
 }
@@ -50,10 +50,7 @@ impl Accounts {
 
     /// The overrides kept that are still in force at `now_ms`; expired ones are forgotten.
     /// A row that no longer reads (edited by hand) is skipped with a warning.
-    fn saved_overrides(
-        &mut self,
-        now_ms: u64,
-    ) -> Result<Vec<crate::ActiveOverride>, AccountsError> {
+    fn saved_overrides(&mut self, now_ms: u64) -> Result<Vec<ActiveOverride>, AccountsError> {
         self.conn
             .execute(
                 "DELETE FROM overrides WHERE until_ms <= ?1",
@@ -67,8 +64,7 @@ impl Accounts {
                  FROM overrides ORDER BY from_ms",
             )
             .map_err(self.sql())?;
-        type Row = (String, String, u8, i64, i64, i64, String, String);
-        let rows: Vec<Row> = stmt
+        let rows: Vec<OverrideRow> = stmt
             .query_map([], |r| {
                 Ok((
                     r.get(0)?,
@@ -85,24 +81,10 @@ impl Accounts {
             .collect::<Result<_, _>>()
             .map_err(self.sql())?;
         let mut out = Vec::new();
-        for (target, tenant, level_pct, lamps, from_ms, until_ms, username, reason) in rows {
-            let target = serde_json::from_str(&target).map_err(|e| e.to_string());
-            let tenant = match tenant.as_str() {
-                "" => Ok(None),
-                t => TenantId::new(t).map(Some).map_err(|e| e.to_string()),
-            };
-            match (target, tenant) {
-                (Ok(target), Ok(tenant)) => out.push(crate::ActiveOverride {
-                    target,
-                    tenant,
-                    level_pct: level_pct.min(100),
-                    lamps: lamps.max(0) as usize,
-                    from_ms: from_ms.max(0) as u64,
-                    until_ms: until_ms.max(0) as u64,
-                    username,
-                    reason,
-                }),
-                (Err(e), _) | (_, Err(e)) => {
+        for row in rows {
+            match ActiveOverride::from_row(row) {
+                Ok(o) => out.push(o),
+                Err(e) => {
                     tracing::warn!(file = %self.path.display(), error = %e, "saved override skipped")
                 }
             }
